@@ -1,0 +1,150 @@
+"""Training end to end, in subprocesses as a user runs it: `python -m scrfd_nb.launch ...` on CPU with gloo.
+
+Tiny synthetic data (small images, small crops) keeps each run to seconds. What is checked:
+- a 2-process run finishes, writes checkpoints, a log and config.json, and its loss goes down;
+- a run killed with SIGKILL mid-epoch and resumed ends with exactly the weights of the uninterrupted run;
+- a rank that raises makes the launcher exit non-zero within 30 s, naming the rank;
+- the lr schedule equals mmcv's formulas (warmup, steps, scaling rule) at chosen iterations;
+- `--init-from` an official ONNX model + `--eval-only` reproduces that model's detections (onnxruntime + decoder).
+"""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--device', 'cpu', '--img-size', '64', '--batch-size', '4', '--workers', '0', '--log-interval', '1',
+        '--eval-interval', '0', '--no-progress']
+
+
+def env(**kw):
+    e = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', TORCH_DEVICE_BACKEND_AUTOLOAD='0')
+    e.pop('SCRFD_FAIL_RANK', None)
+    e.update({k: str(v) for k, v in kw.items()})
+    return e
+
+
+def launch(args, timeout=240, **kw):
+    return subprocess.run([sys.executable, '-m', 'scrfd_nb.launch', *args], cwd=ROOT, env=env(**kw),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    "A tiny synthetic WIDER FACE dataset shared by the tests of this file."
+    from scrfd_nb.synthetic import ensure_synthetic
+    return ensure_synthetic(tmp_path_factory.mktemp('synth')/'data', num_train=16, num_val=4, seed=0,
+                            image_size=(64, 96))
+
+
+def losses(work):
+    return [json.loads(l)['loss'] for l in (Path(work)/'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
+
+
+def test_lr_schedule_matches_mmcv():
+    from scrfd_nb.train import lr_at, make_schedule, scaled_lr
+    from scrfd_nb.config import get_config
+    # mmcv 1.x: warmup lr = regular * (1 - (1 - it/1500) * (1 - 0.001)); regular = base * 0.1 ** (#steps <= epoch)
+    ref = lambda it, ep, base: base * 0.1 ** ((ep >= 440) + (ep >= 544)) * (
+        1 - (1 - it / 1500) * 0.999 if it < 1500 else 1)
+    for it, ep in [(0, 0), (1, 0), (402, 0), (403, 1), (1000, 2), (1499, 3), (1500, 3), (177_000, 439),
+                   (177_400, 440), (219_300, 544), (257_919, 639)]:
+        assert lr_at(it, ep, 0.01) == pytest.approx(ref(it, ep, 0.01), rel=1e-12, abs=0), (it, ep)
+    # scaling rule: 8 cards x 8 images = 64 -> 2x; 34g's 0.02 at batch 32
+    s = make_schedule(get_config('scrfd_10g_bnkps').train, 8, 8, 202, log=lambda *a: None)
+    assert s.base_lr == pytest.approx(0.02) and s.steps == (440, 544) and s.warmup_iters == 1500
+    assert scaled_lr(0.02, 16) == pytest.approx(0.01)
+
+
+def test_two_process_run_learns(data, tmp_path):
+    work = tmp_path/'w'
+    r = launch(['--nproc', '2', '--data-path', str(data), '--work-dir', str(work), '--epochs', '4',
+                '--lr', '0.02', '--warmup-iters', '2', *TINY])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (work/'train.log').exists() and 'done:' in (work/'train.log').read_text()
+    cfg = json.loads((work/'config.json').read_text())
+    assert cfg['world_size'] == 2 and cfg['global_batch'] == 8 and cfg['backend'] == 'gloo'
+    cks = sorted(p.name for p in work.glob('ckpt_*.pth'))
+    assert cks and cks[-1] == 'ckpt_e0004_i00000008.pth', cks      # 16 images / (2 x 4) = 2 iterations per epoch
+    ck = torch.load(work/cks[-1], map_location='cpu', weights_only=False)
+    assert len(ck['rng']) == 2 and ck['epoch'] == 4 and ck['iter'] == 8
+    l = losses(work)
+    assert len(l) == 8 and all(np.isfinite(l))
+    assert np.mean(l[-2:]) < np.mean(l[:2]), l
+
+
+def _weights(p):
+    return torch.load(p, map_location='cpu', weights_only=False)['model']
+
+
+def test_resume_after_sigkill_is_exact(data, tmp_path):
+    args = ['--nproc', '1', '--data-path', str(data), '--epochs', '3', '--deterministic', '--ckpt-iters', '2',
+            '--warmup-iters', '3', *TINY]
+    full = tmp_path/'full'
+    r = launch([*args, '--work-dir', str(full)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    # the same run, killed with SIGKILL in the middle of epoch 1 (after iteration 7 of 4 per epoch)
+    part = tmp_path/'part'
+    p = subprocess.Popen([sys.executable, '-m', 'scrfd_nb.launch', *args, '--work-dir', str(part)], cwd=ROOT,
+                         env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = False
+    for line in p.stdout:
+        if ' it 7 ' in line:
+            os.killpg(p.pid, signal.SIGKILL); killed = True; break
+    p.wait(timeout=60)
+    assert killed and p.returncode != 0
+    last = sorted(part.glob('ckpt_*.pth'))[-1]
+    assert last.name == 'ckpt_e0001_i00000006.pth', last        # mid-epoch: batch 2 of epoch 1
+    r = launch([*args, '--work-dir', str(part), '--resume', 'latest'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'resumed from' in r.stdout and 'batch 2 of the epoch, iteration 6' in r.stdout
+    a, b = _weights(full/'ckpt_e0003_i00000012.pth'), _weights(part/'ckpt_e0003_i00000012.pth')
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, diff[:5]
+
+
+def test_failing_rank_stops_the_job(data, tmp_path):
+    t0 = time.time()
+    r = launch(['--nproc', '2', '--data-path', str(data), '--work-dir', str(tmp_path/'f'), '--epochs', '50', *TINY],
+               timeout=120, SCRFD_FAIL_RANK=1)
+    took = time.time() - t0
+    assert r.returncode != 0
+    assert 'rank 1' in r.stderr and 'injected failure in rank 1' in r.stderr, r.stderr[-3000:]
+    assert took < 30 + 15, took    # 15 s allowance for interpreter and torch start-up on a loaded 2-core machine
+
+
+def test_init_from_onnx_reproduces_its_detections(data, tmp_path, shared):
+    ort = pytest.importorskip('onnxruntime')
+    from scrfd_nb.detect import preprocess, onnx_outputs_to_flat, postprocess_flat
+    from scrfd_nb.evaluate import read_pred_dir
+    from scrfd_nb.config import get_config
+    onnx = shared/'data'/'models'/'det_500m.onnx'
+    work = tmp_path/'e'
+    r = launch(['--nproc', '1', '--device', 'cpu', '--data-path', str(data), '--work-dir', str(work), '--init-from',
+                str(onnx), '--eval-only', '--no-progress'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'init-from: 285/285 tensors loaded' in r.stdout
+    ours = read_pred_dir(work/'preds')
+    d = get_config('scrfd_500m_bnkps').detect
+    sess = ort.InferenceSession(str(onnx), providers=['CPUExecutionProvider'])
+    imgs = sorted((data/'val'/'images').rglob('*.jpg'))
+    assert len(imgs) == 4
+    n = 0
+    for im in imgs:
+        x, metas = preprocess([im], d.input_size, mode='mmdet')
+        outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        s, b, k, = onnx_outputs_to_flat(outs)[:3]
+        fs = [(d.input_size // st, d.input_size // st) for st in (8, 16, 32)]
+        ref = postprocess_flat(s, b, k, fs, metas, mode='mmdet', score_thr=d.score_thr, nms_thr=d.nms_thr)[0]
+        rb, rs = ref['boxes'].numpy(), ref['scores'].numpy()
+        mine = ours[im.parent.name][im.stem]
+        top = rs > 0.1                              # near the 0.02 threshold, BN folding may flip a box in or out
+        m = mine[mine[:, 4] > 0.1]
+        assert len(m) == top.sum(), (im, len(m), top.sum())
+        np.testing.assert_allclose(m[:, 4], rs[top], atol=1e-4)
+        np.testing.assert_allclose(m[:, :2], rb[top, :2], atol=2e-2)
+        np.testing.assert_allclose(m[:, :2] + m[:, 2:4], rb[top, 2:4], atol=2e-2)
+        n += len(m)
+    assert n > 0
