@@ -91,7 +91,7 @@ def hair_color(rng):
     base = [(20, 20, 25), (30, 45, 70), (40, 80, 130), (90, 140, 190), (160, 160, 165), (30, 30, 120)]
     return np.clip(np.array(base[rng.integers(len(base))], float) + rng.normal(0, 12, 3), 0, 255)
 
-# %% ../nbs/13_synthetic.ipynb #5435f638
+# %% ../nbs/13_synthetic.ipynb #4e54bab4
 def make_background(rng, w:int, h:int, hard_negatives:bool=True) -> np.ndarray:
     "A cluttered (h, w, 3) uint8 BGR picture with no faces: gradient, blotches, shapes, stripes, text, noise."
     k = int(rng.integers(8, 64))                                   # blotch scale px
@@ -132,6 +132,7 @@ def _clutter(img, rng):
             poly(img, p, col, closed=False, thick=int(rng.integers(1, 5)))
             cx, cy = cx + rng.normal(0, r / 3), cy + rng.normal(0, r / 3)
     elif kind in (4, 5):  # textured rectangle: stripes or checker
+        r = min(r, 0.3 * s)
         x0, y0 = int(max(cx - r, 0)), int(max(cy - r, 0)); x1, y1 = int(min(cx + r, w)), int(min(cy + r, h))
         if x1 - x0 < 2 or y1 - y0 < 2: return
         yy, xx = np.arange(y0, y1, dtype=np.float32)[:, None], np.arange(x0, x1, dtype=np.float32)[None, :]
@@ -147,6 +148,7 @@ def _clutter(img, rng):
         cv2.putText(img, txt, (int(cx), int(cy)), int(rng.integers(0, 8)), float(rng.uniform(0.3, 2.5)),
                     _col(col), int(rng.integers(1, 4)), cv2.LINE_AA)
     else:            # speckle blob: coarse random pixels
+        r = min(r, 0.3 * s)
         x0, y0 = int(max(cx - r, 0)), int(max(cy - r, 0)); x1, y1 = int(min(cx + r, w)), int(min(cy + r, h))
         if x1 - x0 < 2 or y1 - y0 < 2: return
         q = int(rng.integers(2, 9)); amp = rng.uniform(20, 90)
@@ -369,7 +371,7 @@ def _draw_faces(img, rng, cfg, sc, val):
         faces.append(dict(box=bx, kps=np.concatenate([kp, flag[:, None]], 1), ignore=bool(ign), visible=round(vis, 3)))
     return faces
 
-# %% ../nbs/13_synthetic.ipynb #de8df674
+# %% ../nbs/13_synthetic.ipynb #495f065d
 VERSION = 1   # bump when the pictures change for the same seed and parameters
 
 def face_line(f:dict) -> str:
@@ -420,9 +422,11 @@ def read_meta(root) -> dict|None:
     return m if isinstance(m, dict) and m.get('params', {}).get('generator') == 'scrfd_nb.synthetic' else None
 
 def _generate(tmp:Path, params:dict, workers:int=1, verbose:bool=False) -> dict:
-    cfg = _cfg_from(params); t0 = time.time(); counts = {}
+    cfg = _cfg_from(params); counts = {}
+    tmp.mkdir(parents=True)
     for split in ('train', 'val'):
         n = params[f'num_{split}']
+        if n == 0: counts[split] = dict(images=0, faces=0, ignore=0); continue   # no folder: no empty val set
         jobs = [(str(tmp), split, i, params['seed'], cfg) for i in range(n)]
         if workers > 1 and n >= 2 * workers:
             import multiprocessing as mp
@@ -437,7 +441,9 @@ def _generate(tmp:Path, params:dict, workers:int=1, verbose:bool=False) -> dict:
                                                max=round(max(sizes), 1) if sizes else None))
         if verbose: print(f"{split}: {n} images, {counts[split]['faces']} faces, {counts[split]['ignore']} ignore boxes")
     meta = dict(params=params, counts=counts)   # no timings: same seed, same bytes
-    (tmp/'README').write_text(README.format(**params, counts=json.dumps(counts, indent=1)))
+    lo, hi = params['config']['image_size']
+    (tmp/'README').write_text(README.format(**params, lo=lo, hi=hi, jpeg=params['config']['jpeg_quality'],
+                                            counts=json.dumps(counts, indent=1)))
     (tmp/'meta.json').write_text(json.dumps(meta, indent=1) + '\n')   # written last
     return meta
 
@@ -449,7 +455,7 @@ labelv2: '# <event/name.jpg> <w> <h>' headers; faces 'x1 y1 x2 y2' + 5 x (x y fl
 nose, left and right mouth corner (flag 0.0 visible, 1.0 occluded); train ignore boxes 'x1 y1 x2 y2 1'.
 val has no ignore boxes: every val face counts in every setting.
 Counts: {counts}
-Regenerate: python -m scrfd_nb.synthetic --out DIR --num-train {num_train} --num-val {num_val} --seed {seed}
+Regenerate: python -m scrfd_nb.synthetic --out DIR --num-train {num_train} --num-val {num_val} --seed {seed} --image-size {lo} {hi} --jpeg-quality {jpeg}
 """
 
 # %% ../nbs/13_synthetic.ipynb #3cc6a089
