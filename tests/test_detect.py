@@ -1,0 +1,83 @@
+"""Detection end to end: the official ONNX weights loaded into our model reproduce the reference detections on real
+photos, and the `python -m scrfd_nb.detect` command line (run as a subprocess, as a user would) on files and folders."""
+import json, os, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ['det_500m', 'det_2.5g', 'scrfd_500m', 'scrfd_2.5g']
+IMAGES = ['solvay_conference_1927.jpg', 'astronaut.png', '0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
+
+
+def check_golden(boxes, scores, kps, ref, tol=0.5):
+    "Same count, boxes and keypoints within `tol` px, scores within 1e-3 of golden_detections.json."
+    assert len(boxes) == ref['num']
+    np.testing.assert_allclose(boxes, np.array(ref['boxes_xyxy'], dtype=np.float64).reshape(-1, 4), rtol=0, atol=tol)
+    np.testing.assert_allclose(scores, np.array(ref['scores']), rtol=0, atol=1e-3)
+    if ref['kps'] is None: assert kps is None
+    else: np.testing.assert_allclose(kps, np.array(ref['kps']).reshape(-1, 5, 2), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_official_weights_match_golden_detections(shared, name):
+    "Our model with the official ONNX weights, insightface decoding, 4 real photos in one batch = golden_detections.json."
+    import cv2
+    from scrfd_nb.model import load_model
+    from scrfd_nb.detect import detect_batch
+    gold = json.loads((shared/'data'/'images'/'golden_detections.json').read_text())['results']
+    model = load_model(shared/'data'/'models'/f'{name}.onnx')
+    images = [cv2.imread(str(shared/'data'/'images'/f)) for f in IMAGES]
+    for f, (boxes, scores, kps) in zip(IMAGES, detect_batch(model, images)):
+        check_golden(boxes, scores, kps, gold[f][name])
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
+    return subprocess.run([sys.executable, '-m', 'scrfd_nb.detect', *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=600)
+
+
+def test_cli_single_image(shared, tmp_path):
+    import cv2
+    w, img = shared/'data'/'models'/'det_500m.onnx', shared/'data'/'images'/'astronaut.png'
+    r = run_cli('--weights', w, '--image', img, '--out', tmp_path/'drawn.jpg', '--json', tmp_path/'dets.json')
+    assert r.returncode == 0, r.stderr
+    assert 'astronaut.png: 1 face' in r.stdout
+    dets = json.loads((tmp_path/'dets.json').read_text())
+    ref = json.loads((shared/'data'/'images'/'golden_detections.json').read_text())['results']['astronaut.png']['det_500m']
+    assert isinstance(dets, list) and set(dets[0]) == {'box', 'score', 'kps'}
+    check_golden(np.array([d['box'] for d in dets]), np.array([d['score'] for d in dets]),
+                 np.array([d['kps'] for d in dets]), ref)
+    drawn, orig = cv2.imread(str(tmp_path/'drawn.jpg')), cv2.imread(str(img))
+    assert drawn.shape == orig.shape
+
+
+def test_cli_folder(shared, tmp_path):
+    src = tmp_path/'photos'; (src/'sub').mkdir(parents=True)
+    (src/'astronaut.png').symlink_to(shared/'data'/'images'/'astronaut.png')
+    (src/'sub'/'couple.jpg').symlink_to(shared/'data'/'images'/'19_Couple_Couple_19_743.jpg')
+    (src/'notes.txt').write_text('not an image, ignored')
+    r = run_cli('--weights', shared/'data'/'models'/'scrfd_2.5g.onnx', '--image', src, '--out', tmp_path/'drawn',
+                '--json', tmp_path/'all.json')
+    assert r.returncode == 0, r.stderr
+    dets = json.loads((tmp_path/'all.json').read_text())
+    gold = json.loads((shared/'data'/'images'/'golden_detections.json').read_text())['results']
+    assert sorted(dets) == ['astronaut.png', 'sub/couple.jpg']
+    assert len(dets['sub/couple.jpg']) == gold['19_Couple_Couple_19_743.jpg']['scrfd_2.5g']['num']
+    assert all(d['kps'] is None for d in dets['astronaut.png'])         # model without keypoints: null
+    assert (tmp_path/'drawn'/'astronaut.png').is_file() and (tmp_path/'drawn'/'sub'/'couple.jpg').is_file()
+
+
+def test_cli_errors(shared, tmp_path):
+    w = shared/'data'/'models'/'det_500m.onnx'
+    r = run_cli('--weights', w, '--image', tmp_path/'missing.jpg')
+    assert r.returncode == 2 and f'image not found: {tmp_path/"missing.jpg"}' in r.stderr, r.stderr
+    r = run_cli('--weights', tmp_path/'nope.onnx', '--image', shared/'data'/'images'/'astronaut.png')
+    assert r.returncode == 2 and 'weights not found' in r.stderr, r.stderr
+    (tmp_path/'empty').mkdir()
+    r = run_cli('--weights', w, '--image', tmp_path/'empty')
+    assert r.returncode == 2 and 'no images' in r.stderr, r.stderr
+    bad = tmp_path/'bad'; bad.mkdir(); (bad/'broken.jpg').write_bytes(b'this is not a jpeg')
+    r = run_cli('--weights', w, '--image', bad)
+    assert r.returncode == 2 and f'cannot read image {bad/"broken.jpg"}' in r.stderr, r.stderr
