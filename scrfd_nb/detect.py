@@ -239,7 +239,7 @@ def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list
         return detect_batch(model, image_bgr, score_thr, nms_thr, input_size, mode, max_num)
     return detect_batch(model, [image_bgr], score_thr, nms_thr, input_size, mode, max_num)[0]
 
-# %% ../nbs/08_detect.ipynb #c96cd721
+# %% ../nbs/08_detect.ipynb #79fa76ba
 KPS_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))  # BGR: l-eye, r-eye, nose, l-mouth, r-mouth
 
 def draw_detections(image:np.ndarray,  # (h, w, 3) uint8 BGR
@@ -261,7 +261,7 @@ def draw_detections(image:np.ndarray,  # (h, w, 3) uint8 BGR
                 cv2.circle(out, (int(round(x)), int(round(y))), t + 1, c, -1, cv2.LINE_AA)
     return out
 
-# %% ../nbs/08_detect.ipynb #c3aa5f47
+# %% ../nbs/08_detect.ipynb #7f5ef39e
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 def dets_to_json(boxes, scores, kps) -> list[dict]:
@@ -321,5 +321,5 @@ def main(argv=None):
         Path(a.json).write_text(json.dumps(results if folder else results[files[0].name], indent=1))
     return results
 
-# %% ../nbs/08_detect.ipynb #67b9b57c
+# %% ../nbs/08_detect.ipynb #47f67467
 if __name__ == '__main__' and '__file__' in globals(): main()
