@@ -127,7 +127,7 @@ def postprocess(head_outputs,  # model(x): (cls_list, bbox_list, kps_list)
     scores, bbox, kps, fs, A = flatten_head_outputs(head_outputs)
     return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A)
 
-# %% ../nbs/08_detect.ipynb #a038e94d
+# %% ../nbs/08_detect.ipynb #a0268b44
 def _input_wh(input_size) -> tuple[int, int]:
     "`640` → `(640, 640)`; `(W, H)` as insightface's `input_size`."
     return (int(input_size), int(input_size)) if np.isscalar(input_size) else (int(input_size[0]), int(input_size[1]))
@@ -187,7 +187,11 @@ def preprocess(images:list, input_size=640, mode='insightface', device=None) -> 
     cv = get_convention(mode)
     resize = mmdet_resize if cv.name == 'mmdet' else letterbox
     res = [resize(to_bgr(im), input_size) for im in images]
-    return make_batch([r[0] for r in res], res[0][1]['pad_hw'], cv.pad_value, device), [r[1] for r in res]
+    H, W = res[0][1]['pad_hw']
+    h, w = max(r[0].shape[0] for r in res), max(r[0].shape[1] for r in res)
+    if h > H or w > W:  # mmdet keep-ratio resize of a portrait photo into a landscape input: grow the canvas to /32
+        H, W = max(H, math.ceil(h / 32) * 32), max(W, math.ceil(w / 32) * 32)
+    return make_batch([r[0] for r in res], (H, W), cv.pad_value, device), [r[1] for r in res]
 
 # %% ../nbs/08_detect.ipynb #e0d2eaea
 def onnx_outputs_to_flat(outputs:list, # 6 or 9 arrays: scores s8,s16,s32, bbox s8.., [kps s8..]; (N_l, C) or (B, N_l, C)
