@@ -45,7 +45,7 @@ def get_convention(mode:str|Convention) -> Convention:
     if mode not in CONVENTIONS: raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(CONVENTIONS)}")
     return CONVENTIONS[mode]
 
-# %% ../nbs/08_detect.ipynb #8bdfe5f8
+# %% ../nbs/08_detect.ipynb #e7d61ffb
 @lru_cache(maxsize=32)
 def _anchor_strides(feat_sizes:tuple, strides:tuple, num_anchors:int, device, dtype) -> Tensor:
     "`(A_total,)` stride of every flattened anchor."
@@ -76,21 +76,26 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
                      max_num:int=0,          # >0: keep at most this many per image (insightface ranking)
                      strides=STRIDES,
                      num_anchors:int=2,
+                     host:bool=False,        # decode + NMS the survivors on the CPU (results on the CPU)
                     ) -> list[dict]:
     "Decode + threshold + NMS for a batch of flattened head outputs; one dict of tensors per image."
     cv = get_convention(mode)
     score_thr = cv.score_thr if score_thr is None else score_thr
     nms_thr = cv.nms_thr if nms_thr is None else nms_thr
-    B, dev, dt = scores.shape[0], scores.device, bbox.dtype
+    B, dt = scores.shape[0], bbox.dtype
     fs = tuple((int(h), int(w)) for h, w in feat_sizes)
-    ctr = torch.cat(anchor_centers(fs, strides, num_anchors, dev, dt))                 # (A_total, 2) px
-    strd = _anchor_strides(fs, tuple(strides), num_anchors, dev, dt)                   # (A_total,)
     mask = scores > score_thr if cv.strict_score else scores >= score_thr
     b_idx, a_idx = mask.nonzero(as_tuple=True)                                         # host sync: survivors
-    s, c, st = scores[b_idx, a_idx], ctr[a_idx], strd[a_idx, None]
+    s, reg, off = scores[b_idx, a_idx], bbox[b_idx, a_idx], None if kps is None else kps[b_idx, a_idx]
+    if host:  # after the threshold only a few rows remain: one copy, then tiny CPU ops instead of many kernel launches
+        b_idx, a_idx, s, reg, off = (None if t is None else t.cpu() for t in (b_idx, a_idx, s, reg, off))
+    dev = s.device
+    ctr = torch.cat(anchor_centers(fs, strides, num_anchors, dev, dt))                 # (A_total, 2) px
+    strd = _anchor_strides(fs, tuple(strides), num_anchors, dev, dt)                   # (A_total,)
+    c, st = ctr[a_idx], strd[a_idx, None]
     img_hw = _meta_tensor(metas, 'img_hw', (fs[0][0] * strides[0], fs[0][1] * strides[0]), B, dev)  # default: input size
-    boxes = distance2bbox(c, bbox[b_idx, a_idx] * st, max_shape=img_hw[b_idx] if cv.clamp else None)
-    kp = None if kps is None else distance2kps(c, kps[b_idx, a_idx] * st).unflatten(-1, (-1, 2))
+    boxes = distance2bbox(c, reg * st, max_shape=img_hw[b_idx] if cv.clamp else None)
+    kp = None if off is None else distance2kps(c, off * st).unflatten(-1, (-1, 2))
     if rescale:
         sc = _meta_tensor(metas, 'scale', (1.0, 1.0), B, dev)[b_idx]                   # (K, 2) sx, sy (float32)
         boxes = boxes / sc.repeat(1, 2)
@@ -107,7 +112,7 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
         out.append(d)
     return out
 
-# %% ../nbs/08_detect.ipynb #f519722f
+# %% ../nbs/08_detect.ipynb #974fc444
 def flatten_head_outputs(head_outputs, # (cls_list, bbox_list, kps_list or None): per level (N, A·C, H, W), cls logits
                         ) -> tuple:    # scores (N, A_total) probs, bbox (N, A_total, 4), kps (N, A_total, 10) or None, feat_sizes, A
     "Raw model outputs → flattened `(scores, bbox, kps, feat_sizes, num_anchors)` in anchor order."
@@ -122,10 +127,10 @@ def flatten_head_outputs(head_outputs, # (cls_list, bbox_list, kps_list or None)
 
 def postprocess(head_outputs,  # model(x): (cls_list, bbox_list, kps_list)
                 metas=None, mode='insightface', score_thr=None, nms_thr=None, rescale=True, max_num=0,
-                strides=STRIDES) -> list[dict]:
+                strides=STRIDES, host:bool=False) -> list[dict]:
     "`postprocess_flat` on the model's raw outputs (sigmoid of the logits, flattened in anchor order)."
     scores, bbox, kps, fs, A = flatten_head_outputs(head_outputs)
-    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A)
+    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A, host)
 
 # %% ../nbs/08_detect.ipynb #a0268b44
 def _input_wh(input_size) -> tuple[int, int]:
@@ -205,7 +210,7 @@ def onnx_outputs_to_flat(outputs:list, # 6 or 9 arrays: scores s8,s16,s32, bbox 
     kps = torch.cat(t[6:9], 1) if len(t) == 9 else None
     return scores, bbox, kps
 
-# %% ../nbs/08_detect.ipynb #8591b661
+# %% ../nbs/08_detect.ipynb #564bb081
 def _model_device_dtype(model) -> tuple:
     p = next(iter(model.parameters()), None) if hasattr(model, 'parameters') else None
     return (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
@@ -232,7 +237,7 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
         if was: model.train()
     outs = tuple(None if o is None else [t.float() for t in o] for o in outs)
     dets = postprocess(outs, metas, mode, score_thr, nms_thr, rescale=True, max_num=max_num,
-                       strides=tuple(getattr(model, 'strides', STRIDES)))
+                       strides=tuple(getattr(model, 'strides', STRIDES)), host=True)
     return [_to_numpy(d) for d in dets]
 
 def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list goes to `detect_batch`)
