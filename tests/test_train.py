@@ -7,7 +7,7 @@ Tiny synthetic data (small images, small crops) keeps each run to seconds. What 
 - the lr schedule equals mmcv's formulas (warmup, steps, scaling rule) at chosen iterations;
 - `--init-from` an official ONNX model + `--eval-only` reproduces that model's detections (onnxruntime + decoder).
 """
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -106,13 +106,14 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
 
 
 def test_failing_rank_stops_the_job(data, tmp_path):
-    t0 = time.time()
     r = launch(['--nproc', '2', '--data-path', str(data), '--work-dir', str(tmp_path/'f'), '--epochs', '50', *TINY],
                timeout=120, SCRFD_FAIL_RANK=1)
-    took = time.time() - t0
+    t_exit = time.time()
     assert r.returncode != 0
-    assert 'rank 1' in r.stderr and 'injected failure in rank 1' in r.stderr, r.stderr[-3000:]
-    assert took < 30 + 15, took    # 15 s allowance for interpreter and torch start-up on a loaded 2-core machine
+    summary = r.stderr[r.stderr.find('scrfd_nb.launch: job failed'):]
+    assert 'rank 1 (local rank 1' in summary and 'injected failure in rank 1' in summary, r.stderr[-3000:]
+    t_fail = float(re.search(r'injected failure in rank 1 at t=([0-9.]+)', summary)[1])
+    assert t_exit - t_fail < 30, t_exit - t_fail      # the whole job is gone within 30 s of the error
 
 
 def test_init_from_onnx_reproduces_its_detections(data, tmp_path, shared):
