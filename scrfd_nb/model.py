@@ -272,7 +272,7 @@ def onnx_layout(outs:tuple) -> dict:
     if kps is not None: d.update({f'kps_{s}': flatten_level(k, 10)[0] for s, k in zip(strides, kps)})
     return d
 
-# %% ../nbs/05_model.ipynb #c35b5541
+# %% ../nbs/05_model.ipynb #1240ff05
 def checkpoint_dict(model:SCRFD, **extra) -> dict:
     "What our checkpoints hold: `{'model': state_dict, 'config': {'name', 'overrides'}, **extra}`."
     return {'model': model.state_dict(), 'config': config_to_dict(model.cfg), **extra}
@@ -290,6 +290,12 @@ def infer_state_dict_variant(sd:dict) -> str:
         if ref == shapes: return name
     raise ValueError('no preset has exactly these keys and shapes; pass name= (and overrides)')
 
+def _numpy_safe_globals() -> list:
+    "numpy types allowed by `torch.load(weights_only=True)`: checkpoints may hold numpy RNG states and scalars."
+    core = getattr(np, '_core', None) or np.core
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype] + \
+           [type(np.dtype(t)) for t in ('bool', 'uint8', 'int32', 'int64', 'uint32', 'float32', 'float64')]
+
 def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmcv .pth, a .npz of arrays, or an .onnx
                name:str|None=None, # variant; inferred when None
                weights_only:bool=True, # torch.load safety; set False only for trusted legacy pickles
@@ -301,7 +307,9 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
     if path.suffix == '.npz':
         with np.load(path) as z: ck = {k: z[k] for k in z.files}
     else:
-        try: ck = torch.load(path, map_location='cpu', weights_only=weights_only)
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                ck = torch.load(path, map_location='cpu', weights_only=weights_only)
         except Exception as e:
             raise RuntimeError(f'{path}: cannot read it as a torch checkpoint ({e}); for a trusted legacy pickle pass '
                                'weights_only=False') from e
