@@ -126,13 +126,36 @@ def _greedy_sweep(sup:np.ndarray,   # (G, N, N) bool suppression matrix
         if rows.any(): keep[rows, i+1:] &= ~sup[rows, i, i+1:]
     return keep
 
-# %% ../nbs/07_boxes.ipynb #752714be
+# %% ../nbs/07_boxes.ipynb #b5774b0e
+def _greedy_blocked(boxes:Tensor,   # (N, 4) sorted by descending score
+                    iou_thr:float, plus_one:bool, suppress_equal:bool,
+                    block:int=256) -> np.ndarray: # (N,) bool keep mask
+    "Greedy NMS in blocks: IoUs only between kept boxes and later boxes still alive."
+    if boxes.dtype not in (torch.float32, torch.float64): boxes = boxes.float()
+    N = boxes.shape[0]
+    thr = torch.tensor(iou_thr, dtype=boxes.dtype, device=boxes.device)
+    alive = torch.ones(N, dtype=torch.bool, device=boxes.device)
+    for s in range(0, N, block):
+        e = min(s + block, N)
+        idx = s + alive[s:e].nonzero()[:, 0]                   # not suppressed by the kept boxes of earlier blocks
+        if len(idx) == 0: continue
+        sup = _suppression(boxes[idx][None], iou_thr, plus_one, suppress_equal).cpu().numpy()
+        k = torch.from_numpy(_greedy_sweep(sup, np.ones((1, len(idx)), bool))[0]).to(boxes.device)
+        alive[idx[~k]] = False
+        if e < N:
+            cols = e + alive[e:].nonzero()[:, 0]
+            if len(cols):
+                iou = box_iou(boxes[idx[k]], boxes[cols], plus_one=plus_one)   # (kept, alive later)
+                alive[cols[(iou >= thr if suppress_equal else iou > thr).any(0)]] = False
+    return alive.cpu().numpy()
+
 def batched_nms(boxes:Tensor,   # (K, 4) candidate boxes of all groups (images, classes)
                 scores:Tensor,  # (K,)
                 idxs:Tensor,    # (K,) group index of each box; boxes of different groups never suppress each other
                 iou_thr:float,
                 plus_one:bool=False,      # +1 pixel IoU (insightface) or not (mmcv)
                 suppress_equal:bool=True, # suppress IoU >= thr (mmcv) or only IoU > thr (insightface)
+                blocked:bool|None=None,   # blocked CPU algorithm (default on CPU) or one matrix (default elsewhere)
                ) -> Tensor:     # (k,) long indices into the inputs, grouped by ascending idx, score-descending within
     "Greedy NMS per group, all groups at once, with the reference semantics and no coordinate-offset trick."
     dev, K = boxes.device, boxes.shape[0]
@@ -142,25 +165,27 @@ def batched_nms(boxes:Tensor,   # (K, 4) candidate boxes of all groups (images, 
     g = idxs[order].cpu().numpy()                                            # host sync 1: the group layout
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     counts = np.diff(np.r_[starts, K])
-    grp = np.repeat(np.arange(len(counts)), counts)                          # (K,) group slot of each sorted box
-    pos = np.arange(K) - starts[grp]                                         # (K,) rank inside its group
-    if len(counts) == 1: padded = boxes[order][None]
+    if dev.type == 'cpu' if blocked is None else blocked:
+        sb = boxes[order]
+        keep = np.concatenate([_greedy_blocked(sb[a:a + n], iou_thr, plus_one, suppress_equal)
+                               for a, n in zip(starts, counts)])
     else:
-        padded = boxes.new_zeros(len(counts), int(counts.max()), 4)
-        padded[torch.from_numpy(grp).to(dev), torch.from_numpy(pos).to(dev)] = boxes[order]
-    valid = np.zeros(padded.shape[:2], bool); valid[grp, pos] = True
-    sup = _suppression(padded, iou_thr, plus_one, suppress_equal).cpu().numpy()   # host sync 2
-    keep = _greedy_sweep(sup, valid)[grp, pos]                               # (K,) in sorted order
+        grp = np.repeat(np.arange(len(counts)), counts)                      # (K,) group slot of each sorted box
+        pos = np.arange(K) - starts[grp]                                     # (K,) rank inside its group
+        if len(counts) == 1: padded = boxes[order][None]
+        else:
+            padded = boxes.new_zeros(len(counts), int(counts.max()), 4)
+            padded[torch.from_numpy(grp).to(dev), torch.from_numpy(pos).to(dev)] = boxes[order]
+        valid = np.zeros(padded.shape[:2], bool); valid[grp, pos] = True
+        sup = _suppression(padded, iou_thr, plus_one, suppress_equal).cpu().numpy()   # host sync 2
+        keep = _greedy_sweep(sup, valid)[grp, pos]                           # (K,) in sorted order
     return order[torch.from_numpy(np.flatnonzero(keep)).to(dev)]
 
 def nms(boxes:Tensor,   # (N, 4)
         scores:Tensor,  # (N,)
         iou_thr:float,
-        plus_one:bool=False, suppress_equal:bool=True,
+        plus_one:bool=False, suppress_equal:bool=True, blocked:bool|None=None,
        ) -> Tensor:     # (k,) long indices of kept boxes, by descending score
     "Greedy NMS with the reference semantics (mmcv: defaults; insightface: `plus_one=True, suppress_equal=False`)."
-    if boxes.shape[0] == 0: return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True)[1]              # ties: lower index first
-    sup = _suppression(boxes[order][None], iou_thr, plus_one, suppress_equal)
-    keep = _greedy_sweep(sup.cpu().numpy(), np.ones((1, len(order)), bool))[0]
-    return order[torch.from_numpy(keep).to(boxes.device)]
+    return batched_nms(boxes, scores, torch.zeros(scores.shape, dtype=torch.long, device=scores.device),
+                       iou_thr, plus_one, suppress_equal, blocked)
