@@ -126,13 +126,15 @@ def _greedy_sweep(sup:np.ndarray,   # (G, N, N) bool suppression matrix
         if rows.any(): keep[rows, i+1:] &= ~sup[rows, i, i+1:]
     return keep
 
-# %% ../nbs/07_boxes.ipynb #b5774b0e
+# %% ../nbs/07_boxes.ipynb #71297009
 def _greedy_blocked(boxes:Tensor,   # (N, 4) sorted by descending score
                     iou_thr:float, plus_one:bool, suppress_equal:bool,
                     block:int=256) -> np.ndarray: # (N,) bool keep mask
     "Greedy NMS in blocks: IoUs only between kept boxes and later boxes still alive."
     if boxes.dtype not in (torch.float32, torch.float64): boxes = boxes.float()
     N = boxes.shape[0]
+    if N <= block:   # one block: the plain matrix and sweep
+        return _greedy_sweep(_suppression(boxes[None], iou_thr, plus_one, suppress_equal).cpu().numpy(), np.ones((1, N), bool))[0]
     thr = torch.tensor(iou_thr, dtype=boxes.dtype, device=boxes.device)
     alive = torch.ones(N, dtype=torch.bool, device=boxes.device)
     for s in range(0, N, block):

@@ -45,12 +45,17 @@ def get_convention(mode:str|Convention) -> Convention:
     if mode not in CONVENTIONS: raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(CONVENTIONS)}")
     return CONVENTIONS[mode]
 
-# %% ../nbs/08_detect.ipynb #e7d61ffb
+# %% ../nbs/08_detect.ipynb #259e52fc
 @lru_cache(maxsize=32)
 def _anchor_strides(feat_sizes:tuple, strides:tuple, num_anchors:int, device, dtype) -> Tensor:
     "`(A_total,)` stride of every flattened anchor."
     return torch.cat([torch.full((h*w*num_anchors,), float(s), device=device, dtype=dtype)
                       for (h, w), s in zip(feat_sizes, strides)])
+
+@lru_cache(maxsize=32)
+def _flat_centers(feat_sizes:tuple, strides:tuple, num_anchors:int, device, dtype) -> Tensor:
+    "`(A_total, 2)` anchor centres of all levels, concatenated once per size and device."
+    return torch.cat(anchor_centers(feat_sizes, strides, num_anchors, device, dtype))
 
 def _meta_tensor(metas, key, default, B, device) -> Tensor:
     "`(B, 2)` float32 tensor of one per-image meta entry."
@@ -90,7 +95,7 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
     if host:  # after the threshold only a few rows remain: one copy, then tiny CPU ops instead of many kernel launches
         b_idx, a_idx, s, reg, off = (None if t is None else t.cpu() for t in (b_idx, a_idx, s, reg, off))
     dev = s.device
-    ctr = torch.cat(anchor_centers(fs, strides, num_anchors, dev, dt))                 # (A_total, 2) px
+    ctr = _flat_centers(fs, tuple(strides), num_anchors, dev, dt)                      # (A_total, 2) px
     strd = _anchor_strides(fs, tuple(strides), num_anchors, dev, dt)                   # (A_total,)
     c, st = ctr[a_idx], strd[a_idx, None]
     img_hw = _meta_tensor(metas, 'img_hw', (fs[0][0] * strides[0], fs[0][1] * strides[0]), B, dev)  # default: input size
