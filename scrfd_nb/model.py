@@ -323,7 +323,7 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
     except RuntimeError as e: raise RuntimeError(f'{path}: {e}') from None
     return model.eval()
 
-# %% ../nbs/05_model.ipynb #3165c224
+# %% ../nbs/05_model.ipynb #67ed77df
 def letterbox(image_bgr:np.ndarray, size:int=640) -> tuple[Tensor, float]:
     "insightface-style input: keep-ratio resize into size×size, top-left on black; → ((1,3,size,size), scale)."
     import cv2
@@ -356,19 +356,21 @@ def layer_outputs(model:SCRFD, x:Tensor # (1, 3, H, W) normalised
     return outs
 
 def show_feature(model:SCRFD, image_bgr:np.ndarray, i:int, size:int=640, outs:list|None=None, nmax:int=8):
-    "Figure of layer `i` of `layer_outputs`: the input, then up to `nmax` channels (cls as sigmoid scores)."
+    "Figure of layer `i` of `layer_outputs`: the input, the channel mean, up to `nmax` channels (cls as sigmoid scores)."
     import matplotlib.pyplot as plt
     if outs is None: outs = layer_outputs(model, letterbox(image_bgr, size)[0])
     name, t = outs[i]
+    rgb = (outs[0][1].permute(1, 2, 0).cpu().numpy() * 128 + 127.5).clip(0, 255).astype(np.uint8)
     if name == 'input':
-        fig, ax = plt.subplots(figsize=(4, 4)); ax.imshow((t.permute(1, 2, 0).numpy() * 128 + 127.5).clip(0, 255).astype(np.uint8))
-        ax.set_title('input (RGB)'); ax.axis('off'); return fig
+        fig, ax = plt.subplots(figsize=(4, 4)); ax.imshow(rgb); ax.set_title('input (RGB)'); ax.axis('off'); return fig
+    t = t.float().cpu()
     if 'cls' in name: t = t.sigmoid()
     n = min(nmax, t.shape[0])
-    fig, axs = plt.subplots(1, n + 1, figsize=(2.2 * (n + 1), 2.4))
-    axs[0].imshow(t.abs().mean(0).numpy(), cmap='viridis'); axs[0].set_title('mean |·|', fontsize=8)
+    fig, axs = plt.subplots(1, n + 2, figsize=(2.2 * (n + 2), 2.4))
+    axs[0].imshow(rgb); axs[0].set_title('input', fontsize=8)
+    axs[1].imshow(t.abs().mean(0).numpy(), cmap='viridis'); axs[1].set_title('mean |·| over channels', fontsize=8)
     for c in range(n):
-        axs[c + 1].imshow(t[c].numpy(), cmap='magma' if 'cls' in name else 'viridis'); axs[c + 1].set_title(f'ch {c}', fontsize=8)
+        axs[c + 2].imshow(t[c].numpy(), cmap='magma' if 'cls' in name else 'viridis'); axs[c + 2].set_title(f'ch {c}', fontsize=8)
     for a in axs: a.axis('off')
     fig.suptitle(f'{i}: {name}  {tuple(t.shape)}', fontsize=10)
     return fig
