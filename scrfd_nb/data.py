@@ -14,7 +14,7 @@ from .transforms import TrainPipeline, read_image, ImageError, KPS_FLIP
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2', 'make_corrupted_example',
-           'WiderFaceDataset', 'seed_worker', 'collate', 'ShardedSampler', 'WiderFaceLoader', 'build_loader']
+           'WiderFaceDataset', 'seed_worker', 'collate', 'ShardedSampler', 'WiderFaceLoader', 'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
 NUM_KPS = 5
@@ -353,7 +353,7 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
                 metas=metas, skipped=[s for m in metas for s in m.get('skipped', [])],
                 crop_fallbacks=sum(bool(m.get('crop_fallback')) for m in metas), truncated_faces=truncated)
 
-# %% ../nbs/11_data.ipynb #a4c3b9f8
+# %% ../nbs/11_data.ipynb #ecfe9edd
 class ShardedSampler(torch.utils.data.Sampler):
     "DistributedSampler-like sharding + shuffling per epoch; yields (index, epoch)."
     def __init__(self, n:int, world_size:int=1, rank:int=0, shuffle:bool=True, seed:int=0, drop_last:bool=False):
@@ -375,7 +375,6 @@ class ShardedSampler(torch.utils.data.Sampler):
 def _worker_init(worker_id, seed, epoch, rank):
     wi = torch.utils.data.get_worker_info()
     ds = wi.dataset
-    cv2.setNumThreads(1); torch.set_num_threads(1)
     if hasattr(ds, 'seed'): ds.seed, ds.rank, ds.epoch = seed, rank, epoch
     seed_worker(seed, epoch, rank, worker_id)
 
@@ -400,6 +399,8 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0
         pin_memory = bool(acc is not None and acc.is_available())
     if hasattr(dataset, 'seed'):
         dataset.seed, dataset.rank, dataset.epoch = seed, rank, epoch
+    # OpenCV's thread pool does not survive fork (a worker touching it can hang), and each worker is one core anyway
+    if workers > 0: cv2.setNumThreads(1)
     if workers == 0: seed_worker(seed, epoch, rank, 0)
     kw = dict(persistent_workers=workers > 0 if persistent_workers is None else persistent_workers and workers > 0)
     if workers > 0:
@@ -408,3 +409,27 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0
     return WiderFaceLoader(dataset, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                            collate_fn=partial(collate, pad_to=pad_to, channels_last=channels_last),
                            pin_memory=pin_memory, **kw)
+
+# %% ../nbs/11_data.ipynb #f5bebd1c
+def main(argv=None) -> int:
+    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]` or `synthetic --out DIR ...`."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['synthetic']:
+        from scrfd_nb.synthetic import main as synthetic_main
+        synthetic_main(argv[1:])
+        return 0
+    ap = argparse.ArgumentParser(prog='python -m scrfd_nb.data', description='WIDER FACE labelv2 tools.')
+    sub = ap.add_subparsers(dest='cmd', required=True)
+    c = sub.add_parser('check', help='report every problem in a labelv2 file (and its images) with file:line')
+    c.add_argument('labelv2', help='labelv2.txt to check')
+    c.add_argument('--images', default=None, help='image folder the header paths are relative to (checks files and sizes)')
+    c.add_argument('--mode', default='any', choices=['any', 'train', 'test'], help="'train': 4-value lines are errors")
+    c.add_argument('--max-warnings', type=int, default=20, help='warnings printed (all are counted)')
+    sub.add_parser('synthetic', help='write the synthetic dataset (options: python -m scrfd_nb.synthetic --help)')
+    a = ap.parse_args(argv)
+    rep = check_labelv2(a.labelv2, a.images, a.mode)
+    print(rep.format(a.max_warnings))
+    return 0 if rep.ok else 1
+
+# %% ../nbs/11_data.ipynb #9940d4d8
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
