@@ -255,7 +255,7 @@ def make_corrupted_example(d) -> tuple[Path, Path, dict]:
     (d/'labelv2.txt').write_text('\n'.join(l for l, _ in lines) + '\n')
     return d/'labelv2.txt', d/'images', {i + 1: k for i, (_, k) in enumerate(lines) if k}
 
-# %% ../nbs/11_data.ipynb #c63614af
+# %% ../nbs/11_data.ipynb #f6d03bde
 def _warn(msg:str):
     "Log a warning; from a worker process forked by a notebook (captured stderr, unusable there) write to the real stderr."
     if torch.utils.data.get_worker_info() is not None and sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None:
@@ -280,6 +280,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         self.pipeline = pipeline or (TrainPipeline.from_config(cfg) if cfg is not None else TrainPipeline())
         self.max_substitutes, self.epoch, self.skipped = max_substitutes, 0, Counter()
         self.seed = self.rank = None  # set by build_loader for per-worker seeding
+        cv2.setNumThreads(1)  # before any loader forks: an inherited OpenCV thread pool can hang a worker
     def __len__(self): return len(self.records)
     def load(self, i:int, rng) -> dict:
         "Sample i through the pipeline (raises on a bad image)."
