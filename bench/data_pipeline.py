@@ -1,0 +1,124 @@
+"""Train-pipeline throughput: ours (fused crop+resize, one-pass photometric+normalise) vs a naive step-by-step port.
+
+Per-core figures: one process, OpenCV and torch single-threaded, images decoded from the real JPEGs in
+../shared/data/images every time (page cache warm), random face boxes as annotations. img/s per core = images /
+CPU seconds of this process (robust to other processes on a shared machine); wall figures are printed too.
+Rounds alternate ours / naive so both see the same machine load. Then the loader (2 worker processes, batch 8,
+collate included) over a folder of symlinks to the same JPEGs, ours vs the naive pipeline inside the same dataset.
+
+    python bench/data_pipeline.py [--n 60] [--rounds 3] [--loader-batches 20] [--big]
+Reference (ANCHORS.md, this machine kind, idle): 111.8 img/s per core (WIDER-size JPEGs), 40.6 with a
+3000x2171 photo as 1 of 3 samples.
+"""
+import argparse, os, sys, time, tempfile, statistics
+from pathlib import Path
+import numpy as np
+import cv2
+import torch
+
+from scrfd_nb.core import shared_file
+from scrfd_nb.transforms import TrainPipeline, naive_train_pipeline, read_image
+from scrfd_nb.data import WiderFaceDataset, build_loader
+
+WIDER = ['0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
+BIG = 'solvay_conference_1927.jpg'  # 3000x2171
+
+
+def fake_faces(w, h, rng, n=12):
+    "n random face boxes (10-15 % of the short side at most) with keypoints, as a WIDER annotation."
+    s = rng.uniform(0.01, 0.15, n) * min(w, h) + 4
+    x1 = rng.uniform(0, w - s); y1 = rng.uniform(0, h - s)
+    b = np.stack([x1, y1, x1 + s, y1 + s * 1.2], 1).clip(0, [w, h, w, h]).astype(np.float32)
+    k = np.zeros((n, 5, 3), np.float32)
+    k[..., 0] = b[:, None, 0] + s[:, None] * np.array([.3, .7, .5, .35, .65]); k[..., 1] = b[:, None, 1] + s[:, None] * np.array([.4, .4, .6, .8, .8]); k[..., 2] = 1
+    return dict(bboxes=b, keypoints=k, bboxes_ignore=np.zeros((0, 4), np.float32))
+
+
+def per_core(fn, paths, anns, n, seed):
+    "Run fn(img, ann, rng) on n samples (decode included) → (cpu s/img, wall s/img)."
+    rng = np.random.default_rng(seed)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        j = i % len(paths)
+        fn(read_image(paths[j]), anns[j], rng)
+    return (time.process_time() - c0) / n, (time.perf_counter() - t0) / n
+
+
+def make_split(d, names, copies):
+    "A split folder of symlinks to the real JPEGs with fake annotations."
+    d = Path(d); (d/'images'/'ev').mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0); lines = []
+    for c in range(copies):
+        for nm in names:
+            src = shared_file('data', 'images', nm); dst = d/'images'/'ev'/f'{c}_{nm}'
+            if not dst.exists(): os.symlink(src, dst)
+            im = read_image(src); h, w = im.shape[:2]
+            a = fake_faces(w, h, rng)
+            lines.append(f'# ev/{c}_{nm} {w} {h}')
+            lines += [' '.join(f'{v:.2f}' for v in [*bb, *kk.ravel()]) for bb, kk in zip(a['bboxes'], a['keypoints'])]
+    (d/'labelv2.txt').write_text('\n'.join(lines) + '\n')
+    return d
+
+
+class Naive:
+    "Picklable naive pipeline for the loader."
+    def __init__(self, clip): self.clip = clip
+    def __call__(self, img, ann, rng):
+        o = naive_train_pipeline(img, ann, rng, bbox_clip_border=self.clip)
+        o['img'] = torch.from_numpy(o['img']); return o
+
+
+def loader_rate(ds, batches, workers=2, bs=8):
+    ld = build_loader(ds, bs, workers=workers, seed=0, shuffle=True)
+    it = iter(ld); next(it)  # start-up (worker spawn) excluded
+    t0, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try: b = next(it)
+        except StopIteration: it = iter(ld); b = next(it)
+        n += len(b['images'])
+    dt = time.perf_counter() - t0
+    del it, ld
+    return n / dt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--n', type=int, default=60, help='images per timed round')
+    ap.add_argument('--rounds', type=int, default=3)
+    ap.add_argument('--loader-batches', type=int, default=20)
+    ap.add_argument('--big', action='store_true', help='also the mix with the 3000x2171 photo as 1 of 3')
+    ap.add_argument('--clip', action='store_true', help='bbox_clip_border=True (500m/1g/34g); default False (2.5g/10g)')
+    a = ap.parse_args(argv)
+    cv2.setNumThreads(1); torch.set_num_threads(1)
+    ours = TrainPipeline(bbox_clip_border=a.clip)
+    ours_c = lambda im, an, rng: ours(im, an, rng)['img'].contiguous()  # + CHW contiguous layout, like the naive output
+    naive = Naive(a.clip)
+    mixes = [('WIDER-size JPEGs (1024 px)', WIDER)] + ([('1 of 3 = 3000x2171 photo', WIDER + [BIG])] if a.big else [])
+    rows = []
+    print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, OpenCV {cv2.__version__}, rounds {a.rounds} x {a.n} images")
+    for label, names in mixes:
+        paths = [shared_file('data', 'images', n) for n in names]
+        rng = np.random.default_rng(1)
+        anns = [fake_faces(*read_image(p).shape[1::-1], rng) for p in paths]
+        res = {'ours': [], 'ours + CHW copy': [], 'naive': [], 'decode only': []}
+        for r in range(a.rounds):
+            res['ours'].append(per_core(ours, paths, anns, a.n, r))
+            res['naive'].append(per_core(naive, paths, anns, a.n, r))
+            res['ours + CHW copy'].append(per_core(ours_c, paths, anns, a.n, r))
+            res['decode only'].append(per_core(lambda *x: None, paths, anns, a.n, r))
+        med = {k: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v)) for k, v in res.items()}
+        for k, (c, w) in med.items(): rows.append((label, k, 1 / c, 1 / w, med['naive'][0] / c))
+    print(f"\n{'images':28s} {'pipeline':18s} {'img/s/core (cpu)':>17s} {'img/s (wall)':>13s} {'vs naive':>9s}")
+    for label, k, rc, rw, ratio in rows:
+        print(f"{label:28s} {k:18s} {rc:17.1f} {rw:13.1f} {ratio:8.2f}x")
+    if a.loader_batches:
+        with tempfile.TemporaryDirectory() as d:
+            split = make_split(d, WIDER, copies=16)
+            r_ours = loader_rate(WiderFaceDataset(split, pipeline=ours), a.loader_batches)
+            r_naive = loader_rate(WiderFaceDataset(split, pipeline=naive), a.loader_batches)
+        print(f"\nloader, 2 workers, batch 8 ({a.loader_batches} batches, wall): ours {r_ours:.1f} img/s, "
+              f"naive {r_naive:.1f} img/s, ratio {r_ours / r_naive:.2f}x")
+
+
+if __name__ == '__main__':
+    main()
