@@ -82,31 +82,36 @@ def weight_reduce(loss:Tensor,                # per-sample loss
     if reduction == 'none': return loss
     raise ValueError('avg_factor can only be used with reduction="mean" or "none"')
 
-# %% ../nbs/10_losses.ipynb #4b64fb59
+# %% ../nbs/10_losses.ipynb #a4c2dbed
 def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
                   gt_boxes:Tensor,           # (B, G, 4) xyxy px, padded
                   gt_kps:Tensor|None,        # (B, G, 5, 3) x, y px + visibility weight; None: no keypoints
                   gt_mask:Tensor,            # (B, G) bool
                   topk:int=9,
-                 ) -> dict:                  # dense per-anchor targets (B, A_total, ·), see below
-    "ATSS assignment + per-anchor targets: `assigned_gt_idx`, `fg_mask`, `bbox_targets` px, `kps_targets` px, `kps_weights`."
+                  dense:bool=True,           # also gather per-anchor targets (B, A, ·)
+                  grid=None,                 # per level (H, W, A) when `anchors` come from `grid_anchors` (faster ATSS)
+                 ) -> dict:
+    "ATSS assignment + targets: `assigned_gt_idx`, `fg_mask`, `candidates`, `pos_slots`, `slot_level` [+ dense per-anchor targets]."
     nla = [a.shape[0] for a in anchors]
     gt_boxes = gt_boxes.to(anchors[0])
-    assigned, max_overlaps = atss_assign_batched(torch.cat(list(anchors)), nla, gt_boxes, gt_mask, topk)
+    assigned, max_overlaps, cand, slots = atss_assign_batched(torch.cat(list(anchors)), nla, gt_boxes, gt_mask, topk,
+                                                              return_candidates=True, grid=grid)
     B, A = assigned.shape
-    fg = assigned >= 0
-    idx = assigned.clamp(min=0)
-    if gt_boxes.shape[1] == 0: gt_boxes = gt_boxes.new_zeros((B, 1, 4))          # nothing to gather from
-    out = dict(assigned_gt_idx=assigned, fg_mask=fg, max_overlaps=max_overlaps, num_level_anchors=nla,
-               bbox_targets=torch.gather(gt_boxes, 1, idx[..., None].expand(B, A, 4)))
-    if gt_kps is not None:
-        k = gt_kps.to(anchors[0])
-        if k.shape[1] == 0: k = k.new_zeros((B, 1, 5, 3))
-        out['kps_targets'] = torch.gather(k[..., :2].flatten(2), 1, idx[..., None].expand(B, A, k.shape[2] * 2))  # (B, A, 10) px
-        out['kps_weights'] = torch.gather(k[..., 2].mean(-1), 1, idx)                                            # (B, A)
+    ks = torch.tensor([min(topk, n) for n in nla], device=assigned.device)
+    out = dict(assigned_gt_idx=assigned, fg_mask=assigned >= 0, max_overlaps=max_overlaps, num_level_anchors=nla,
+               candidates=cand, pos_slots=slots, slot_level=torch.repeat_interleave(torch.arange(len(nla), device=ks.device), ks))
+    if dense:
+        idx = assigned.clamp(min=0)
+        gb = gt_boxes if gt_boxes.shape[1] else gt_boxes.new_zeros((B, 1, 4))            # nothing to gather from
+        out['bbox_targets'] = torch.gather(gb, 1, idx[..., None].expand(B, A, 4))         # (B, A, 4) px
+        if gt_kps is not None:
+            k = gt_kps.to(anchors[0])
+            if k.shape[1] == 0: k = k.new_zeros((B, 1, 5, 3))
+            out['kps_targets'] = torch.gather(k[..., :2].flatten(2), 1, idx[..., None].expand(B, A, k.shape[2] * 2))  # (B, A, 10) px
+            out['kps_weights'] = torch.gather(k[..., 2].mean(-1), 1, idx)                                            # (B, A)
     return out
 
-# %% ../nbs/10_losses.ipynb #490f240d
+# %% ../nbs/10_losses.ipynb #cab55519
 def _cfg_get(cfg, path:str, default):
     for p in path.split('.'):
         if cfg is None or not hasattr(cfg, p): return default
@@ -131,50 +136,76 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
     wts = dict(cls=_cfg_get(cfg, 'loss.cls_weight', LOSS_WEIGHTS['cls']), bbox=_cfg_get(cfg, 'loss.bbox_weight', LOSS_WEIGHTS['bbox']),
                kps=_cfg_get(cfg, 'loss.kps_weight', LOSS_WEIGHTS['kps']))
     beta, kbeta = _cfg_get(cfg, 'loss.qfl_beta', QFL_BETA), _cfg_get(cfg, 'loss.kps_beta', KPS_BETA)
+    na = bbox_list[0].shape[1] // 4                                     # anchors per location
+    C = cls_list[0].shape[1] // na
     with torch.autocast(dev.type, enabled=False):
+        grid = None
         if anchors is None:
+            grid = [(*c.shape[-2:], na) for c in cls_list]
             anchors = grid_anchors([tuple(c.shape[-2:]) for c in cls_list], tuple(strides),
                                    _cfg_get(cfg, 'model.head.base_sizes', BASE_SIZES), _cfg_get(cfg, 'model.head.anchor_scales', SCALES),
                                    device=dev, dtype=torch.float32)
+        gt_boxes, gt_mask = gt_boxes.to(dev), gt_mask.to(dev)
+        if use_kps:
+            nk = kps_list[0].shape[1] // na // 2
+            gt_kps = gt_boxes.new_zeros((*gt_boxes.shape[:2], nk, 3)) if gt_kps is None else gt_kps.to(dev)  # none annotated: weight 0
         if targets is None:
-            if use_kps and gt_kps is None:                                # no annotations: keypoint weights 0
-                gt_kps = gt_boxes.new_zeros((*gt_boxes.shape[:2], kps_list[0].shape[1] // (bbox_list[0].shape[1] // 4) // 2, 3))
-            targets = build_targets(anchors, gt_boxes.to(dev), gt_kps.to(dev) if use_kps else None,
-                                    gt_mask.to(dev), _cfg_get(cfg, 'assign.topk', 9))
-        fg = targets['fg_mask']
-        levels, start = [], 0
-        for l, s in enumerate(strides):                                   # the only loop: 3 levels
-            n = anchors[l].shape[0]; sl = slice(start, start + n); start += n
-            na = bbox_list[l].shape[1] // 4
-            cls = flatten_level(cls_list[l].to(dt), cls_list[l].shape[1] // na)   # (B, A_l, C) logits
-            box = flatten_level(bbox_list[l].to(dt), 4)                           # (B, A_l, 4) stride units
-            ctr = (anchors[l][:, :2] + anchors[l][:, 2:]).to(dt) / 2 / s           # (A_l, 2) anchor centres, stride units
-            f = fg[:, sl]
-            pred = distance2bbox(ctr, box)                                        # (B, A_l, 4)
-            tgt = targets['bbox_targets'][:, sl].to(dt) / s
-            zero = pred.new_zeros(())
-            w = torch.where(f, cls.detach().sigmoid().amax(-1), zero)             # (B, A_l) score weight of positives
-            q = torch.where(f, aligned_iou(pred.detach(), tgt), zero)             # (B, A_l) quality target
-            soft = F.pad(q[..., None], (0, cls.shape[-1] - 1))                    # faces are class 0
-            lv = dict(cls=quality_focal_loss(cls, soft, beta).sum(),
-                      bbox=(torch.where(f, diou_loss(pred, tgt), zero) * w).sum() * wts['bbox'], w=w.sum(), npos=f.sum())
+            targets = build_targets(anchors, gt_boxes, gt_kps if use_kps else None, gt_mask, _cfg_get(cfg, 'assign.topk', 9), dense=False, grid=grid)
+        cand, ps, lvl = targets['candidates'], targets['pos_slots'], targets['slot_level']
+        B, G, K = cand.shape
+        L = len(anchors)
+        bounds = np.cumsum([0] + [a.shape[0] for a in anchors])
+        ks = np.cumsum([0] + [min(_cfg_get(cfg, 'assign.topk', 9), a.shape[0]) for a in anchors])
+        bidx = torch.arange(B, device=dev)[:, None, None]
+        zero = cls_list[0].new_zeros((), dtype=dt)
+        # Work on the raw (B, A·C, H, W) layout: no flatten copies of the big outputs. Per level, the positives'
+        # values are gathered from their slots (anchor a, location hw) and the QFL target is scattered into place.
+        cls_s, box_s, kps_s, cls_l = [], [], [], []
+        for l in range(L):                                                         # the only loop: 3 levels
+            c_raw = cls_list[l].to(dt); Bc, _, H, W = c_raw.shape
+            loc = cand[:, :, ks[l]:ks[l + 1]] - int(bounds[l])                    # (B, G, K_l) level-local anchor index
+            a, hw = loc % na, loc // na
+            cls_s.append(c_raw.reshape(B, na, C, H * W)[bidx, a, :, hw])               # (B, G, K_l, C)
+            box_s.append(bbox_list[l].to(dt).reshape(B, na, 4, H * W)[bidx, a, :, hw])  # (B, G, K_l, 4)
             if use_kps:
-                kp = flatten_level(kps_list[l].to(dt), kps_list[l].shape[1] // na)  # (B, A_l, 10) stride units
-                kt = kps2distance(ctr, targets['kps_targets'][:, sl].to(dt) / s)
-                kw = targets['kps_weights'][:, sl].to(dt) * w                       # mean visibility x score
-                lv['kps'] = (torch.where(f, smooth_l1(kp, kt, kbeta).sum(-1), zero) * kw).sum() * wts['kps']
-            levels.append(lv)
-        n_pos = fg.sum(1).clamp(min=1).sum().to(dt)                               # Σ_images max(#pos, 1)
-        w_sum = torch.stack([lv['w'] for lv in levels]).sum()
-        norm = reduce_mean(torch.stack([n_pos, w_sum]).detach())                   # one all-reduce (mean) when distributed
+                k_raw = kps_list[l].to(dt)
+                kps_s.append(k_raw.reshape(B, na, k_raw.shape[1] // na, H * W)[bidx, a, :, hw])
+        cat = lambda xs: torch.cat(xs, 2).reshape(B, G * K, -1)                    # (B, G·K, ·) slots
+        idx, psf = cand.reshape(B, G * K), ps.reshape(B, G * K)
+        ctr_all = torch.cat([(a[:, :2] + a[:, 2:]).to(dt) / 2 / s for a, s in zip(anchors, strides)])  # (A, 2) stride units
+        st = torch.tensor([float(s) for s in strides], device=dev, dtype=dt)[lvl].repeat(G)[None, :, None]  # (1, GK, 1)
+        ctr = ctr_all[idx]                                                         # (B, GK, 2)
+        pred = distance2bbox(ctr, cat(box_s))                                      # decoded positives, stride units
+        tgt = gt_boxes.to(dt)[:, :, None, :].expand(B, G, K, 4).reshape(B, G * K, 4) / st
+        w = torch.where(psf, cat(cls_s).detach().sigmoid().amax(-1), zero)         # score weight of each positive
+        q = torch.where(psf, aligned_iou(pred.detach(), tgt), zero)                # its quality target
+        for l in range(L):
+            c_raw = cls_list[l].to(dt); H, W = c_raw.shape[-2:]
+            loc = cand[:, :, ks[l]:ks[l + 1]] - int(bounds[l])
+            flat = (((loc % na) * C) * (H * W) + loc // na).reshape(B, -1)         # index of (anchor, class 0, hw)
+            soft = c_raw.new_zeros((B, c_raw[0].numel())).scatter_add(1, flat, q.view(B, G, K)[:, :, ks[l]:ks[l + 1]].reshape(B, -1))
+            cls_l.append(quality_focal_loss(c_raw, soft.view_as(c_raw), beta).sum())   # one non-zero term per positive anchor
+        cls_l = torch.stack(cls_l)
+        onehot = F.one_hot(lvl, L).to(dt)                                          # (K, L) level of each slot
+        per_level = lambda v: v.reshape(B, G, K).sum((0, 1)) @ onehot              # (B, GK) -> (L,)
+        bbox_l = per_level(torch.where(psf, diou_loss(pred, tgt), zero) * w) * wts['bbox']
+        w_l = per_level(w)
+        if use_kps:
+            kp = cat(kps_s)                                                        # (B, GK, 2·nk) stride units
+            gk = gt_kps.to(dt)
+            kt = kps2distance(ctr, gk[..., :2].flatten(2)[:, :, None].expand(B, G, K, kp.shape[-1]).reshape(B, G * K, -1) / st)
+            kw = gk[..., 2].mean(-1)[:, :, None].expand(B, G, K).reshape(B, G * K) * w     # mean visibility x score
+            kps_l = per_level(torch.where(psf, smooth_l1(kp, kt, kbeta).sum(-1), zero) * kw) * wts['kps']
+        npos_img = ps.sum((1, 2))                                                  # (B,)
+        n_pos = npos_img.clamp(min=1).sum().to(dt)                                 # Σ_images max(#pos, 1)
+        norm = reduce_mean(torch.stack([n_pos, w_l.sum()]).detach())               # one all-reduce (mean) when distributed
         n_norm, w_norm = norm[0].clamp(min=1.0), norm[1]
-        out = dict(loss_cls_per_level=torch.stack([lv['cls'] for lv in levels]) * wts['cls'] / n_norm,
-                   loss_bbox_per_level=torch.stack([lv['bbox'] for lv in levels]) / w_norm.clamp(min=W_MIN))
-        if use_kps: out['loss_kps_per_level'] = torch.stack([lv['kps'] for lv in levels]) / w_norm.clamp(min=W_MIN)
+        out = dict(loss_cls_per_level=cls_l * wts['cls'] / n_norm, loss_bbox_per_level=bbox_l / w_norm.clamp(min=W_MIN))
+        if use_kps: out['loss_kps_per_level'] = kps_l / w_norm.clamp(min=W_MIN)
         res = {k[:-len('_per_level')]: v.sum() for k, v in out.items()}
         res.update(out)
-        res.update(num_pos=fg.sum(), num_pos_per_level=torch.stack([lv['npos'] for lv in levels]),
-                   avg_factor_cls=n_norm, avg_factor_bbox=w_norm, weight_sum_per_level=torch.stack([lv['w'] for lv in levels]))
+        res.update(num_pos=npos_img.sum(), num_pos_per_level=torch.zeros(L, dtype=torch.long, device=dev).index_add_(0, lvl, ps.sum((0, 1))),
+                   avg_factor_cls=n_norm, avg_factor_bbox=w_norm, weight_sum_per_level=w_l.detach())
     return res
 
 # %% ../nbs/10_losses.ipynb #0ded65d5
