@@ -11,11 +11,11 @@ import cv2
 import torch
 
 # %% auto #0
-__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'MEAN', 'STD', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
-           'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
-           'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls', 'photometric_input',
-           'photometric_normalize', 'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size',
-           'test_transform']
+__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'MEAN', 'STD', 'KPS_COLORS', 'ImageError', 'read_image', 'ScriptedRNG',
+           'centres_inside', 'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations',
+           'crop_resize_image', 'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls',
+           'photometric_input', 'photometric_normalize', 'TrainPipeline', 'naive_train_pipeline', 'test_mode_params',
+           'rescale_size', 'test_transform', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -288,7 +288,7 @@ class TrainPipeline:
                     meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback,
                               photometric=None if p is None else asdict(p)))
 
-# %% ../nbs/12_transforms.ipynb #7eeafa1e
+# %% ../nbs/12_transforms.ipynb #3c128ea9
 def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_border:bool=True,
                          photometric:bool=True, crop_choice=CROP_CHOICE, trace=None) -> dict:
     "Literal step-by-step port of the reference pipeline (float canvas, resize, flip, cvtColor photometric, normalise); `trace(step, img, b, k, bi)` sees every step."
@@ -313,7 +313,9 @@ def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_
         imf = np.flip(imf, axis=1)
         b, k, bi = flip_annotations(b, k, bi, size)
     trace('RandomFlip', imf, b, k, bi)
-    if photometric: imf = photometric_distortion(imf, sample_photometric(rng))
+    if photometric:
+        imf = photometric_distortion(imf, sample_photometric(rng))
+        trace('PhotoMetricDistortion', imf, b, k, bi)
     x = imf.copy().astype(np.float32)
     cv2.cvtColor(x, cv2.COLOR_BGR2RGB, x)
     x = (x - np.float32(MEAN)) / np.float32(STD)
@@ -357,3 +359,40 @@ def test_transform(img:np.ndarray, # (h, w, 3) uint8 BGR
             dict(ori_shape=(h, w), img_shape=(nh, nw), pad_shape=(H, W), scale_factor=sf))
 
 test_transform.__test__ = test_mode_params.__test__ = False  # not pytest tests, whatever their names
+
+# %% ../nbs/12_transforms.ipynb #aa47a109
+KPS_COLORS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))  # BGR: l-eye blue, r-eye red, nose green, l-mouth magenta, r-mouth yellow
+
+def denormalize(img, mean:float=MEAN, std:float=STD) -> np.ndarray:
+    "Normalised RGB image (3, H, W) tensor/array or (H, W, 3) → uint8 BGR (H, W, 3) for display (clipped)."
+    x = img.detach().cpu().numpy() if torch.is_tensor(img) else np.asarray(img)
+    if x.ndim == 3 and x.shape[0] == 3 and x.shape[2] != 3: x = x.transpose(1, 2, 0)
+    return np.ascontiguousarray((x * std + mean)[..., ::-1].clip(0, 255).round().astype(np.uint8))
+
+def draw_targets(img:np.ndarray, # (H, W, 3) uint8 BGR (float pixel images are clipped)
+                 boxes=None, kps=None, ignore=None, thickness:int=1) -> np.ndarray:
+    "A copy of `img` with face boxes (green), ignore boxes (red) and visible keypoints (KPS_COLORS) drawn."
+    im = np.ascontiguousarray(np.asarray(img).clip(0, 255).astype(np.uint8))
+    for bb, col in ((ignore, (0, 0, 255)), (boxes, (0, 255, 0))):
+        for x1, y1, x2, y2 in ([] if bb is None else np.asarray(bb).reshape(-1, 4)):
+            cv2.rectangle(im, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), col, thickness, cv2.LINE_AA)
+    if kps is not None:
+        for face in np.asarray(kps).reshape(-1, 5, 3):
+            for (x, y, wgt), col in zip(face, KPS_COLORS):
+                if wgt > 0: cv2.circle(im, (int(round(x)), int(round(y))), max(2, thickness + 1), col, -1, cv2.LINE_AA)
+    return im
+
+def pipeline_steps(img:np.ndarray, ann:dict, rng, **kw) -> list:
+    "Every step of the train pipeline for one sample → [(step, uint8 BGR image, boxes, keypoints, ignore boxes)]."
+    steps = []
+    def trace(name, im, b, k, bi):
+        steps.append((name, denormalize(im) if name == 'final' else np.asarray(im).clip(0, 255).astype(np.uint8), b, k, bi))
+    naive_train_pipeline(img, ann, rng, trace=trace, **kw)
+    return steps
+
+# %% ../nbs/12_transforms.ipynb #913ccbca
+def render_sample(ds, # a WiderFaceDataset (or anything with .load(i, rng))
+                  index:int, seed:int=0) -> np.ndarray: # (S, S, 3) uint8 RGB
+    "Sample `index` augmented with `default_rng(seed)`, denormalised, with its targets drawn (RGB, for imshow)."
+    o = ds.load(index, np.random.default_rng(seed))
+    return draw_targets(denormalize(o['img']), o['gt_bboxes'], o['gt_keypoints'], o['gt_bboxes_ignore'], 2)[..., ::-1]
