@@ -323,7 +323,16 @@ def seed_worker(seed:int, epoch:int, rank:int, worker:int|None=None):
     s = ss.generate_state(2, dtype=np.uint32)
     np.random.seed(int(s[0])); random.seed(int(s[1])); torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
 
-# %% ../nbs/11_data.ipynb #d4d3d8f6
+# %% ../nbs/11_data.ipynb #a4e4aa8f
+def _batch_buffer(shape, channels_last:bool) -> torch.Tensor:
+    "A float32 (B, C, H, W) buffer; in a loader worker it lives in shared memory (as torch's default_collate does), saving a copy."
+    B, c, h, w = shape
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    e = torch.empty(0, dtype=torch.float32)
+    flat = e.new(e._typed_storage()._new_shared(B * c * h * w, device=e.device)).resize_(B * c * h * w)
+    return flat.view(B, h, w, c).permute(0, 3, 1, 2) if channels_last else flat.view(B, c, h, w)
+
 def collate(batch:list, # samples from WiderFaceDataset (None entries are dropped)
             pad_to:int|None=None, # fixed G (static shapes); default: the batch's maximum face count
             channels_last:bool=False, # keep images in NHWC memory (shape still (B, 3, H, W))
@@ -334,8 +343,7 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
     B = len(batch)
     imgs = [torch.as_tensor(b['img']) for b in batch]
     c, h, w = imgs[0].shape
-    images = torch.empty((B, c, h, w), dtype=torch.float32,
-                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    images = _batch_buffer((B, c, h, w), channels_last)
     for i, im in enumerate(imgs): images[i].copy_(im)
     n = [len(b['gt_bboxes']) for b in batch]
     G = max(n) if pad_to is None else pad_to
