@@ -23,7 +23,7 @@ def _centers(b:Tensor) -> tuple[Tensor, Tensor]:
     "Box centres computed as the reference does, `(x1 + x2) / 2.0`."
     return (b[..., 0] + b[..., 2]) / 2.0, (b[..., 1] + b[..., 3]) / 2.0
 
-# %% ../nbs/09_assign.ipynb #beef5ca0
+# %% ../nbs/09_assign.ipynb #6666d572
 @torch.no_grad()
 def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels concatenated
                     num_level_anchors:Sequence[int], # anchors per level, e.g. [12800, 3200, 800]
@@ -32,6 +32,7 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
                     ignored:Tensor|None=None,    # (B, A) bool: anchors pushed to distance INF (reference ignore handling)
                     chunk_elems:int|None=None,   # max elements of one distance block (None: 2**20 on CPU, 2**26 elsewhere)
                     grid:Sequence[tuple[int,int,int]]|None=None, # per level (H, W, A) if the anchors are `grid_anchors` order: faster
+                    gt_mask:Tensor|None=None,    # (B, G) bool: on CPU, padded faces are skipped (candidates: each level's first anchor)
                    ) -> Tensor:                  # (B, G, K) long anchor indices, K = Σ_l min(topk, A_l), levels in order
     "Per level, the `topk` anchors whose centres are closest to each face centre (`torch.topk` tie order)."
     B, G = gt_boxes.shape[:2]
@@ -39,6 +40,11 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
     ax, ay = _centers(anchors)
     gx, gy = (c.reshape(R) for c in _centers(gt_boxes.to(anchors.dtype)))
     rows_b = torch.arange(R, device=anchors.device) // max(G, 1)        # image of each (image, face) row
+    keep = None
+    if gt_mask is not None and anchors.device.type == 'cpu':          # on the host, compacting rows costs no device sync
+        keep = gt_mask.reshape(R).nonzero()[:, 0]
+        gx, gy, rows_b = gx[keep], gy[keep], rows_b[keep]
+    R_all, R = R, gx.shape[0]
     chunk = _chunk_elems(anchors.device, chunk_elems)
     out, start = [], 0
     for n in num_level_anchors:
@@ -58,11 +64,13 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
                 d = d[..., None].expand(-1, H, W, na).reshape(d.shape[0], n)               # (rows, A_l), (y, x, a) order
             if ignored is not None: d.masked_fill_(ignored[rows_b[r0:r0+per], start:start+n], INF)
             idx.append(d.topk(k, dim=-1, largest=False).indices)
-        out.append(torch.cat(idx).view(B, G, k) + start if idx else anchors.new_zeros((B, G, k), dtype=torch.long))
+        idx = torch.cat(idx) + start if idx else anchors.new_zeros((R, k), dtype=torch.long)
+        if keep is not None: idx = idx.new_full((R_all, k), start).index_copy_(0, keep, idx)   # padded rows: the level's first anchor
+        out.append(idx.view(B, G, k))
         start += n
     return torch.cat(out, -1)
 
-# %% ../nbs/09_assign.ipynb #fe58efae
+# %% ../nbs/09_assign.ipynb #0958795b
 def _iof(anchors:Tensor, # (A, 4)
          boxes:Tensor,   # (B, M, 4)
         ) -> Tensor:     # (B, A, M) intersection over the anchor's area (mmdet `bbox_overlaps(mode='iof')`, eps 1e-6)
@@ -104,7 +112,7 @@ def atss_assign_batched(anchors:Tensor,                 # (A, 4) xyxy px, all le
         empty = (anchors.new_zeros((B, 0, K), dtype=torch.long), anchors.new_zeros((B, 0, K), dtype=torch.bool))
         return (neg, anchors.new_zeros((B, A))) + (empty if return_candidates else ())
     gt = torch.where(gt_mask[..., None], gt_boxes.to(anchors), anchors.new_zeros(()))   # padded rows -> zero boxes
-    cand = candidates if candidates is not None else atss_candidates(anchors, num_level_anchors, gt, topk, ignored, chunk_elems, grid)
+    cand = candidates if candidates is not None else atss_candidates(anchors, num_level_anchors, gt, topk, ignored, chunk_elems, grid, gt_mask)
     cb = anchors[cand]                                                # (B, G, K, 4) candidate anchor boxes
     ious = aligned_iou(cb, gt[:, :, None, :])                         # (B, G, K), bit-equal to the reference's IoU matrix
     t = ious.transpose(1, 2).contiguous()                             # (B, K, G): reduce in the reference's layout

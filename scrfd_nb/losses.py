@@ -82,7 +82,7 @@ def weight_reduce(loss:Tensor,                # per-sample loss
     if reduction == 'none': return loss
     raise ValueError('avg_factor can only be used with reduction="mean" or "none"')
 
-# %% ../nbs/10_losses.ipynb #a4c2dbed
+# %% ../nbs/10_losses.ipynb #455260e2
 def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
                   gt_boxes:Tensor,           # (B, G, 4) xyxy px, padded
                   gt_kps:Tensor|None,        # (B, G, 5, 3) x, y px + visibility weight; None: no keypoints
@@ -97,9 +97,9 @@ def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
     assigned, max_overlaps, cand, slots = atss_assign_batched(torch.cat(list(anchors)), nla, gt_boxes, gt_mask, topk,
                                                               return_candidates=True, grid=grid)
     B, A = assigned.shape
-    ks = torch.tensor([min(topk, n) for n in nla], device=assigned.device)
+    slot_level = torch.tensor([l for l, n in enumerate(nla) for _ in range(min(topk, n))], device=assigned.device)  # (K,) host-built
     out = dict(assigned_gt_idx=assigned, fg_mask=assigned >= 0, max_overlaps=max_overlaps, num_level_anchors=nla,
-               candidates=cand, pos_slots=slots, slot_level=torch.repeat_interleave(torch.arange(len(nla), device=ks.device), ks))
+               candidates=cand, pos_slots=slots, slot_level=slot_level)
     if dense:
         idx = assigned.clamp(min=0)
         gb = gt_boxes if gt_boxes.shape[1] else gt_boxes.new_zeros((B, 1, 4))            # nothing to gather from
