@@ -255,7 +255,7 @@ def make_corrupted_example(d) -> tuple[Path, Path, dict]:
     (d/'labelv2.txt').write_text('\n'.join(l for l, _ in lines) + '\n')
     return d/'labelv2.txt', d/'images', {i + 1: k for i, (_, k) in enumerate(lines) if k}
 
-# %% ../nbs/11_data.ipynb #f6d03bde
+# %% ../nbs/11_data.ipynb #3e19d6b9
 def _warn(msg:str):
     "Log a warning; from a worker process forked by a notebook (captured stderr, unusable there) write to the real stderr."
     if torch.utils.data.get_worker_info() is not None and sys.stderr is not sys.__stderr__ and sys.__stderr__ is not None:
@@ -278,7 +278,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         self.records = parse_labelv2(self.labelv2, mode, min_size, on_error='skip', errors=self.label_errors)
         if not self.records: raise ValueError(f"{self.labelv2}: no usable images")
         self.pipeline = pipeline or (TrainPipeline.from_config(cfg) if cfg is not None else TrainPipeline())
-        self.max_substitutes, self.epoch, self.skipped = max_substitutes, 0, Counter()
+        self.max_substitutes, self.epoch, self.skipped, self.crop_fallbacks = max_substitutes, 0, Counter(), Counter()
         self.seed = self.rank = None  # set by build_loader for per-worker seeding
         cv2.setNumThreads(1)  # before any loader forks: an inherited OpenCV thread pool can hang a worker
     def __len__(self): return len(self.records)
@@ -305,6 +305,12 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                 skipped.append((self.records[j]['filename'], msg))
                 continue
             out['meta']['skipped'] = skipped
+            if out['meta'].get('crop_fallback'):
+                f = self.records[j]['filename']
+                if not self.crop_fallbacks[f]:  # once per file and process; every occurrence is counted
+                    _warn(f"{self.images/f}: no face centre fits a random square crop (only ignore boxes?): centred "
+                          f"crop used; the reference would loop forever here")
+                self.crop_fallbacks[f] += 1
             return out
         raise RuntimeError(f"{self.max_substitutes + 1} consecutive samples from index {i} failed; last: {skipped[-1][1]}")
     def set_epoch(self, epoch:int):
