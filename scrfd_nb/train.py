@@ -571,7 +571,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log.close()
     return res
 
-# %% ../nbs/16_train.ipynb #cea75d14
+# %% ../nbs/16_train.ipynb #b83a2e77
 _HELP = {
     'config': 'model variant (scrfd_500m_bnkps, scrfd_10g_bnkps, scrfd_34g, ...; see scrfd_nb.config.PRESETS)',
     'data_path': 'dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, '
@@ -641,5 +641,5 @@ def main(argv=None):
     p = add_train_args(argparse.ArgumentParser(prog='python -m scrfd_nb.train', description=__doc__ or main.__doc__))
     return train(run_config_from_args(p.parse_args(argv)))
 
-# %% ../nbs/16_train.ipynb #b2a5bc98
+# %% ../nbs/16_train.ipynb #cf14ad09
 if __name__ == '__main__' and '__file__' in globals(): main()
