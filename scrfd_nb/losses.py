@@ -111,7 +111,7 @@ def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
             out['kps_weights'] = torch.gather(k[..., 2].mean(-1), 1, idx)                                            # (B, A)
     return out
 
-# %% ../nbs/10_losses.ipynb #cab55519
+# %% ../nbs/10_losses.ipynb #913b6880
 def _cfg_get(cfg, path:str, default):
     for p in path.split('.'):
         if cfg is None or not hasattr(cfg, p): return default
@@ -170,7 +170,7 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
             if use_kps:
                 k_raw = kps_list[l].to(dt)
                 kps_s.append(k_raw.reshape(B, na, k_raw.shape[1] // na, H * W)[bidx, a, :, hw])
-        cat = lambda xs: torch.cat(xs, 2).reshape(B, G * K, -1)                    # (B, G·K, ·) slots
+        cat = lambda xs: torch.cat(xs, 2).reshape(B, G * K, xs[0].shape[-1])       # (B, G·K, ·) slots
         idx, psf = cand.reshape(B, G * K), ps.reshape(B, G * K)
         ctr_all = torch.cat([(a[:, :2] + a[:, 2:]).to(dt) / 2 / s for a, s in zip(anchors, strides)])  # (A, 2) stride units
         st = torch.tensor([float(s) for s in strides], device=dev, dtype=dt)[lvl].repeat(G)[None, :, None]  # (1, GK, 1)
@@ -193,7 +193,7 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
         if use_kps:
             kp = cat(kps_s)                                                        # (B, GK, 2·nk) stride units
             gk = gt_kps.to(dt)
-            kt = kps2distance(ctr, gk[..., :2].flatten(2)[:, :, None].expand(B, G, K, kp.shape[-1]).reshape(B, G * K, -1) / st)
+            kt = kps2distance(ctr, gk[..., :2].flatten(2)[:, :, None].expand(B, G, K, kp.shape[-1]).reshape(B, G * K, kp.shape[-1]) / st)
             kw = gk[..., 2].mean(-1)[:, :, None].expand(B, G, K).reshape(B, G * K) * w     # mean visibility x score
             kps_l = per_level(torch.where(psf, smooth_l1(kp, kt, kbeta).sum(-1), zero) * kw) * wts['kps']
         npos_img = ps.sum((1, 2))                                                  # (B,)
