@@ -1,0 +1,189 @@
+"""ONNX export: round trip through onnxruntime for every variant (fixed and dynamic shapes, batch 1 and 4), BatchNorm
+folding, the legacy layout, the CLI, and insightface's own SCRFD class reading our exports (when it is installed)."""
+import os, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from scrfd_nb.config import PRESETS
+from scrfd_nb.model import build_model, load_model
+from scrfd_nb.export import ExportWrapper, export_onnx, fuse_model, onnx_session, run_onnx, detect_onnx, output_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def perturbed_model(name, seed=0):
+    "A randomly initialised variant whose outputs are not trivial: noisy convs, cls bias 0, calibrated random BatchNorm."
+    torch.manual_seed(seed)
+    m = build_model(name)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d):
+                if mod.weight.std() < 0.02: mod.weight.mul_(10)                # head predictors: normal(0, 0.01) init
+                mod.weight.add_(torch.randn(mod.weight.shape, generator=g) * mod.weight.std() * 0.5)
+                if mod.bias is not None: mod.bias.copy_(torch.randn(mod.bias.shape, generator=g) * 0.1)
+            if isinstance(mod, nn.BatchNorm2d): mod.reset_running_stats(); mod.momentum = None
+        m.train(); m(torch.randn(2, 3, 96, 96, generator=g))            # running stats = batch statistics
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.momentum = 0.1
+                mod.weight.copy_(torch.rand(mod.num_features, generator=g) * 0.3 + 0.2)
+                mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.05)
+    return m.eval()
+
+
+def assert_same(onnx_outs, torch_outs, atol=1e-4):
+    "Equal within `atol` (scores are in [0, 1]); for tensors with values beyond ±1, `atol` times their largest magnitude."
+    assert len(onnx_outs) == len(torch_outs)
+    for i, (a, r) in enumerate(zip(onnx_outs, torch_outs)):
+        r = r.detach().numpy()
+        assert a.shape == r.shape, (i, a.shape, r.shape)
+        err, scale = float(np.abs(a - r).max()), max(1.0, float(np.abs(r).max()))
+        assert err <= atol * scale, f'output {i}: max |onnxruntime - torch| {err:.3g} > {atol} x {scale:.3g}'
+
+
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_round_trip(name, tmp_path):
+    m = perturbed_model(name)
+    fm = fuse_model(m)
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in fm.modules())
+    x1 = torch.randn(1, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    x4 = torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        r1, r4 = ExportWrapper(fm)(x1), ExportWrapper(fm)(x4)           # the exported weights in PyTorch
+        u1 = ExportWrapper(m)(x1)                                        # before folding: equal up to rounding
+    assert float(r1[0].std()) > 1e-2                                     # scores are not trivial
+    for a, b in zip(r1, u1):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    # dynamic: one file, batch 1 and batch 4 at two input sizes
+    dyn = export_onnx(fm, tmp_path/'dyn.onnx', shape=(64, 64), fuse=False)
+    s = onnx_session(dyn)
+    assert [o.name for o in s.get_outputs()] == output_names(m.use_kps)
+    assert_same(run_onnx(s, x1), r1)
+    assert_same(run_onnx(s, x4), r4)
+    # fixed shape, batch 4
+    fixed = export_onnx(fm, tmp_path/'fixed.onnx', shape=(64, 96), batch_size=4, dynamic=False, fuse=False)
+    s = onnx_session(fixed)
+    assert s.get_inputs()[0].shape == [4, 3, 64, 96]
+    assert s.get_outputs()[0].shape == [4, 8 * 12 * 2, 1]
+    assert_same(run_onnx(s, x4), r4)
+
+
+def test_legacy_layout(tmp_path):
+    m = perturbed_model('scrfd_500m_bnkps')
+    p = export_onnx(m, tmp_path/'legacy.onnx', shape=(64, 64), legacy=True)
+    s = onnx_session(p)
+    assert [len(o.shape) for o in s.get_outputs()] == [2] * 9              # (rows, C): no batch axis
+    assert s.get_inputs()[0].shape[0] == 1
+    x = torch.randn(1, 3, 128, 96)
+    raw = s.run(None, {'input.1': x.numpy()})
+    assert raw[0].shape == (16 * 12 * 2, 1) and raw[6].shape == (16 * 12 * 2, 10)
+    with torch.no_grad(): ref = ExportWrapper(m)(x)
+    assert_same(run_onnx(s, x), ref)
+    with pytest.raises(ValueError, match='batch_size must be 1'): export_onnx(m, tmp_path/'x.onnx', batch_size=2, legacy=True)
+
+
+def test_fuse_keeps_model_and_handles_shared_convs():
+    m = perturbed_model('scrfd_2.5g_bnkps')
+    n_bn = sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())
+    fm = fuse_model(m)
+    assert sum(isinstance(x, nn.BatchNorm2d) for x in m.modules()) == n_bn > 0   # the original is untouched
+    x = torch.randn(2, 3, 160, 224)
+    with torch.no_grad(): a, b = m(x), fm(x)
+    for u, v in zip([t for l in a for t in l], [t for l in b for t in l]):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+    assert fm.cfg == m.cfg and fm.use_kps                                 # still an SCRFD, with its methods
+
+
+def _img(name):
+    import cv2
+    from scrfd_nb.core import shared_file
+    return cv2.imread(str(shared_file('data', 'images', name)))
+
+
+@pytest.mark.parametrize('model_file', ['det_500m.onnx', 'det_2.5g.onnx', 'scrfd_500m.onnx'])
+def test_official_weights_export_detect(model_file, tmp_path, shared):
+    "Official weights → our model → our export → onnxruntime + the shared decoder: model.detect's faces."
+    model = load_model(shared/'data'/'models'/model_file)
+    p = export_onnx(model, tmp_path/'m.onnx', shape=(320, 320))
+    img = _img('solvay_conference_1927.jpg')
+    b, s, k = detect_onnx(p, img)
+    rb, rs, rk = model.detect(img)
+    assert len(b) == len(rb) == 29                                        # every model finds the 29 people
+    np.testing.assert_allclose(b, rb, atol=1e-3)
+    np.testing.assert_allclose(s, rs, atol=1e-5)
+    if rk is not None: np.testing.assert_allclose(k, rk, atol=1e-3)
+
+
+def _insightface_scrfd():
+    try:
+        from insightface.model_zoo.scrfd import SCRFD
+    except ImportError as e:
+        pytest.skip(f"insightface is not installed ({e}); install it with `pip install --no-deps insightface==2.1` "
+                    "plus scikit-image, scipy, tqdm, requests (never its opencv-python dependency)")
+    return SCRFD
+
+
+def _same_dets(det, kpss, boxes, scores, kps, box_tol=1e-3):
+    assert len(det) == len(boxes) > 0
+    np.testing.assert_allclose(det[:, :4], boxes, atol=box_tol)
+    np.testing.assert_allclose(det[:, 4], scores, atol=1e-5)
+    if kps is not None: np.testing.assert_allclose(kpss, kps, atol=box_tol)
+
+
+@pytest.mark.parametrize('model_file,legacy', [('det_500m.onnx', False), ('det_2.5g.onnx', False), ('det_2.5g.onnx', True)],
+                         ids=['det_500m-batched', 'det_2.5g-batched', 'det_2.5g-legacy'])
+def test_insightface_reads_our_export(model_file, legacy, tmp_path, shared):
+    "insightface 2.1's SCRFD class on our export of the official keypoint weights = model.detect on a real photo."
+    SCRFD = _insightface_scrfd()
+    model = load_model(shared/'data'/'models'/model_file)
+    p = export_onnx(model, tmp_path/'ours.onnx', shape=(640, 640), legacy=legacy)
+    det = SCRFD(model_file=str(p))
+    det.prepare(-1, input_size=(640, 640), det_thresh=0.5, nms_thresh=0.4)
+    assert det.use_kps and det.batched == (not legacy)
+    img = _img('0_Parade_marchingband_1_20.jpg')
+    d, k = det.detect(img, input_size=(640, 640))
+    _same_dets(d, k, *model.detect(img))
+
+
+def test_insightface_random_10g_bnkps(tmp_path):
+    "A keypoint variant without official weights: random weights, a threshold in a gap of the scores; same detections."
+    SCRFD = _insightface_scrfd()
+    import cv2
+    from scrfd_nb.core import shared_dir
+    d = shared_dir(required=False)
+    img = cv2.imread(str(d/'data'/'images'/'astronaut.png')) if d else np.random.default_rng(0).integers(0, 255, (480, 512, 3), np.uint8)
+    model = perturbed_model('scrfd_10g_bnkps')
+    p = export_onnx(model, tmp_path/'r.onnx', shape=(64, 64))
+    _, scores, _ = model.detect(img, score_thr=0.0, nms_thr=1.1, input_size=320)   # every candidate: pick a threshold
+    s = np.sort(scores)[::-1][:200]
+    gaps = np.flatnonzero(s[:-1] - s[1:] > 1e-3)
+    thr = float((s[gaps[0]] + s[gaps[0] + 1]) / 2) if len(gaps) else float(s[-1]) - 1e-3
+    det = SCRFD(model_file=str(p))
+    det.prepare(-1, input_size=(320, 320), det_thresh=thr, nms_thresh=0.4)
+    dd, kk = det.detect(img, input_size=(320, 320))
+    _same_dets(dd, kk, *model.detect(img, score_thr=thr, input_size=320))
+
+
+def test_cli(tmp_path):
+    out = tmp_path/'cli.onnx'
+    r = subprocess.run([sys.executable, '-m', 'scrfd_nb.export', '--config', 'scrfd_500m', '--out', str(out),
+                        '--shape', '128', '160', '--batch-size', '2'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert 'onnxruntime vs PyTorch: max |diff|' in r.stdout
+    s = onnx_session(out)
+    assert s.get_inputs()[0].shape == [2, 3, 128, 160] and s.get_inputs()[0].name == 'input.1'
+    from scrfd_nb.export import main
+    with pytest.raises(SystemExit) as e: main(['--weights', str(tmp_path/'nope.pth')])
+    assert e.value.code == 2
+
+
+def test_simplify_without_onnxsim(tmp_path):
+    try:
+        import onnxsim  # noqa: F401
+        pytest.skip('onnxsim is installed')
+    except ImportError: pass
+    with pytest.raises(ImportError, match='onnxsim'):
+        export_onnx(build_model('scrfd_500m'), tmp_path/'s.onnx', shape=(64, 64), simplify=True)
