@@ -166,6 +166,26 @@ def bench_train(c:Ctx, model_name, cfg, B):
         try: torch.accelerator.reset_peak_memory_stats()
         except Exception: pass
 
+def count_syncs(c:Ctx, model_name):
+    "CUDA only: host synchronisations in one training step (torch.cuda.set_sync_debug_mode), with where they happen."
+    import warnings
+    if c.dev.type != 'cuda': raise RuntimeError('sync debug mode needs CUDA')
+    raw, net, step, batch = make_train(model_name, 4, c.a.size, 'bf16-cl', c)
+    step(); c.sync()
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try: step(True)   # with the train loop's float(loss)
+        finally: torch.cuda.set_sync_debug_mode(0)
+    locs = {}
+    for w in ws:
+        if 'synchroniz' not in str(w.message): continue
+        k = f"{Path(w.filename).name}:{w.lineno}"
+        locs[k] = locs.get(k, 0) + 1
+    n = sum(locs.values())
+    c.add(what='syncs', model=model_name, config='bf16-cl', batch=4, ratio=n,
+          note=f'{n} synchronising calls in one step (incl. the loop float(loss)): ' + ', '.join(f'{k} x{v}' for k, v in locs.items()))
+
 def loss_parity(c:Ctx, model_name):
     "bf16-autocast losses vs fp32 on the same weights and batch (issue 7: same losses within bf16 tolerance)."
     a = c.a
@@ -176,7 +196,7 @@ def loss_parity(c:Ctx, model_name):
         torch.manual_seed(0)
         with amp_ctx(c.dev, prec): outs = raw(batch['images'])
         l = compute_losses(raw, outs, batch)
-        res[prec] = {k: float(l[k]) for k in LOSS_KEYS if k in l}
+        res[prec] = {k: float(l[k].detach()) for k in LOSS_KEYS if k in l}
     rel = max(abs(res['bf16'][k] - res['fp32'][k]) / max(abs(res['fp32'][k]), 1e-6) for k in res['fp32'])
     c.add(what='parity', model=model_name, config='bf16 vs fp32', batch=batch['images'].shape[0], ratio=rel,
           note='max rel. diff of the loss terms: ' + ', '.join(f"{k[5:]} {res['fp32'][k]:.4f}/{res['bf16'][k]:.4f}" for k in res['fp32']))
@@ -247,6 +267,28 @@ def bench_detect_batched(c:Ctx, model_name, prec, B, size):
 
 
 # ------------------------------------------------------------------------------------------------ loader
+def bench_gpu_augment(c:Ctx, B, size):
+    "scrfd_nb.gpu_augment on this device: equal to the CPU pipeline (transforms, cv2) and its cost per batch."
+    from scrfd_nb.transforms import sample_photometric, photometric_normalize, PhotoParams
+    from scrfd_nb.gpu_augment import photo_param_tensor, photometric_normalize_torch
+    dev, rng = c.dev, np.random.default_rng(0)
+    x = (rng.random((8, 64, 64, 3)) * 255).astype(np.float32)
+    x[::3] *= 0.2                                          # dark samples: negative pixels after brightness -32
+    draws = [sample_photometric(rng) for _ in range(7)] + [PhotoParams(delta=-32.0, hue=-17.9, saturation=1.5)]
+    ref = np.stack([photometric_normalize(xi.copy(), d) for xi, d in zip(x, draws)])
+    got = photometric_normalize_torch(torch.from_numpy(x).to(dev), photo_param_tensor(draws)).permute(0, 2, 3, 1).float().cpu().numpy()
+    err = float(np.abs(got - ref).max())
+    c.add(what='check', config='gpu_augment', batch=8, ratio=err,
+          note=f'max |diff| {err:.1e} vs transforms.photometric_normalize (normalised units): {"OK" if err < 1e-4 else "CHECK"}')
+    xb = torch.from_numpy((rng.random((B, size, size, 3)) * 255).astype(np.uint8)).to(dev)
+    pb = photo_param_tensor([sample_photometric(rng) for _ in range(B)]).to(dev)
+    for name, fn in [('eager', photometric_normalize_torch)] + ([('compile', torch.compile(photometric_normalize_torch, dynamic=False))]
+                                                               if can_compile(dev) and not c.a.quick else []):
+        t = timeit(lambda: fn(xb, pb, dtype=torch.bfloat16), c, max(3, c.a.steps), c.a.warmup + (2 if name == 'compile' else 0))
+        c.add(what='gpu-aug', config=f'{name} u8->bf16', batch=B, img_s=B / t, ms=1e3 * t,
+              note=f'{size}x{size} photometric + normalise, channels_last out')
+
+
 def synthetic_root(c:Ctx) -> Path:
     from scrfd_nb.synthetic import make_synthetic_widerface
     a = c.a
@@ -293,13 +335,13 @@ def bench_pipeline_core(c:Ctx, root, variant, size, n):
         import cv2; cv2.setNumThreads(1)
         rng = np.random.default_rng(0)
         ds.load(0, rng)
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.process_time()
         for i in range(n): ds.load(i % len(ds), rng)
-        dt = (time.perf_counter() - t) / n
+        dt, dc = (time.perf_counter() - t) / n, (time.process_time() - tc) / n
     finally:
         torch.set_num_threads(c.threads); cv2.setNumThreads(-1)
-    c.add(what='pipe/core', model='', config=variant, batch=1, img_s=1 / dt, ms=1e3 * dt,
-          note=f'JPEG read + augmentation, 1 thread, {size} px out (ref 111.8 img/s/core on WIDER JPEGs, 2-core VM)')
+    c.add(what='pipe/core', model='', config=variant, batch=1, img_s=1 / dc, ms=1e3 * dc,
+          note=f'JPEG read + augmentation, 1 thread, {size} px out; CPU time (wall {1 / dt:.1f} img/s); ref 111.8 img/s/core (WIDER JPEGs)')
 
 def bench_loader(c:Ctx, root, variant, B, workers, n_batches, size, model_name=None, cfg='bf16-cl'):
     "Loader img/s from JPEG to the device-side normalised batch (and, with a model, the training step on it)."
@@ -338,12 +380,13 @@ def bench_loader(c:Ctx, root, variant, B, workers, n_batches, size, model_name=N
 # ------------------------------------------------------------------------------------------------ main
 def plan(a, dev):
     "The measurements in order of importance: (name, cost guess in s, function, args)."
-    P = []
+    P = []   # (tier, label, cost, fn, args); sorted by tier (stable), so --budget drops the least important
     models = a.models.split(',')
     cfgs = a.configs.split(',')
     big = {'scrfd_500m_bnkps': 128, 'scrfd_10g_bnkps': 128, 'scrfd_34g': 64}
     ref_b = {'scrfd_500m_bnkps': 16, 'scrfd_10g_bnkps': 8, 'scrfd_34g': 8}
     batches = [int(b) for b in a.batches.split(',')] if a.batches else None
+    key = 'scrfd_10g_bnkps' if 'scrfd_10g_bnkps' in models else models[0]
     def bs_for(m, cfg):
         if batches: return batches
         if a.quick: return [2]
@@ -351,33 +394,42 @@ def plan(a, dev):
         if 'compile' in cfg: return [big[m]]
         return sorted({ref_b[m], 32, big[m]})
     if 'train' in a.only:
-        order = sorted(models, key=lambda m: m != 'scrfd_10g_bnkps')
-        # most important first: the 10g big-batch bf16 step, then the reference configuration, then the rest
-        first = [(m, cfg, B) for m in order for cfg in cfgs if cfg in ('bf16-cl',) for B in bs_for(m, cfg)[-1:]]
-        rest = [(m, cfg, B) for m in order for cfg in cfgs for B in bs_for(m, cfg) if (m, cfg, B) not in first]
-        rest.sort(key=lambda t: ('compile' in t[1], t[0] != 'scrfd_10g_bnkps', t[2] > 32 and t[1].startswith('fp32')))
-        for m, cfg, B in first + rest:
-            if 'compile' in cfg and not can_compile(dev): P.append((f'train {m} {cfg}', 0, 'skip', ('no torch.compile backend',)))
-            else: P.append((f'train {m} {cfg} b{B}', 150 if 'compile' in cfg else 20, bench_train, (m, cfg, B)))
-        P.append(('parity', 10, loss_parity, (order[0],)))
+        order = sorted(models, key=lambda m: m != key)
+        for m in order:
+            for cfg in cfgs:
+                bl = bs_for(m, cfg)
+                for B in bl:
+                    comp = 'compile' in cfg
+                    if comp and not can_compile(dev):
+                        P.append((9, f'train {m} {cfg}', 0, 'skip', ('no torch.compile backend',))); break
+                    if cfg == 'bf16-cl' and B == bl[-1]: tier = 0                       # the headline rows
+                    elif cfg == 'fp32' and B == ref_b.get(m) and m == key: tier = 0     # the reference configuration
+                    elif comp and m == key: tier = 3
+                    elif comp: tier = 6
+                    else: tier = 4
+                    P.append((tier, f'train {m} {cfg} b{B}', 150 if comp else 20, bench_train, (m, cfg, B)))
+        if dev.type == 'cuda': P.append((0, 'syncs', 10, count_syncs, (key,)))
+        P.append((6, 'parity', 10, loss_parity, (key,)))
     if 'detect' in a.only:
-        dm = 'scrfd_10g_bnkps' if 'scrfd_10g_bnkps' in models else models[0]
         wh = (640, 480) if not a.quick else (160, 128)
-        variants = ['fp32', 'fp16'] + (['fp16-graph'] if dev.type == 'cuda' else []) + (['fp16-compile-ro'] if not a.quick and dev.type == 'cuda' else [])
-        for v in variants: P.append((f'detect {dm} {v}', 60 if 'compile' in v else 10, bench_detect, (dm, v, wh)))
-        P.append((f'detect-b {dm}', 15, bench_detect_batched, (dm, 'fp32' if dev.type == 'cpu' else 'fp16', 2 if a.quick else 32, 128 if a.quick else 640)))
+        variants = ['fp32'] + (['fp16'] if dev.type != 'cpu' else []) + (['fp16-graph'] if dev.type == 'cuda' else [])
+        for v in variants: P.append((1, f'detect {key} {v}', 10, bench_detect, (key, v, wh)))
+        if not a.quick and dev.type == 'cuda': P.append((5, f'detect {key} fp16-compile-ro', 60, bench_detect, (key, 'fp16-compile-ro', wh)))
+        P.append((1, f'detect-b {key}', 15, bench_detect_batched, (key, 'fp32' if dev.type == 'cpu' else 'fp16', 2 if a.quick else 32, 128 if a.quick else 640)))
     if 'loader' in a.only:
-        P.append(('synthetic data', 30, 'data', ()))
         size = a.size
-        n = 4 if a.quick else 48
-        for v in ('cpu-full', 'split-f32', 'split-u8'): P.append((f'pipe/core {v}', 10, bench_pipeline_core, ('ROOT', v, size, n)))
-        lb = 4 if a.quick else 32
-        nb = 3 if a.quick else 20
-        for v in ('cpu-full', 'split-u8', 'split-f32'): P.append((f'loader {v}', 20, bench_loader, ('ROOT', v, lb, a.workers, nb, size)))
-        em = 'scrfd_10g_bnkps' if 'scrfd_10g_bnkps' in models else models[0]
-        P.append((f'e2e {em}', 40, bench_loader, ('ROOT', 'split-u8', lb, a.workers, nb, size, em, 'bf16-cl' if dev.type != 'cpu' else 'fp32')))
-        P.append((f'e2e {em} cpu-full', 40, bench_loader, ('ROOT', 'cpu-full', lb, a.workers, nb, size, em, 'bf16-cl' if dev.type != 'cpu' else 'fp32')))
-    return P
+        n, lb, nb = (6, 4, 3) if a.quick else (48, 32, 20)
+        em = ('scrfd_500m_bnkps' if 'scrfd_500m_bnkps' in models else models[0]) if a.quick else key
+        ecfg = 'bf16-cl' if dev.type != 'cpu' else 'fp32'
+        P.append((2, 'gpu_augment', 20, bench_gpu_augment, (4 if a.quick else 32, size)))
+        P.append((2, 'synthetic data', 30, 'data', ()))
+        for v in ('cpu-full', 'split-f32', 'split-u8'): P.append((2, f'pipe/core {v}', 10, bench_pipeline_core, ('ROOT', v, size, n)))
+        for v in ('split-u8', 'cpu-full'): P.append((2, f'loader {v}', 20, bench_loader, ('ROOT', v, lb, a.workers, nb, size)))
+        P.append((2, f'e2e {em}', 40, bench_loader, ('ROOT', 'split-u8', lb, a.workers, nb, size, em, ecfg)))
+        P.append((5, 'loader split-f32', 20, bench_loader, ('ROOT', 'split-f32', lb, a.workers, nb, size)))
+        if not a.quick: P.append((5, f'e2e {em} cpu-full', 40, bench_loader, ('ROOT', 'cpu-full', lb, a.workers, nb, size, em, ecfg)))
+    P.sort(key=lambda t: t[0])
+    return [t[1:] for t in P]
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,9 +439,9 @@ def main(argv=None):
     p.add_argument('--only', default='train,detect,loader', help='sections: train, detect, loader')
     p.add_argument('--models', default='scrfd_10g_bnkps,scrfd_500m_bnkps,scrfd_34g')
     p.add_argument('--configs', default=None, help=f'training configs, of {",".join(CONFIGS)} '
-                   '(default fp32,bf16-cl,bf16-cl-compile; quick: fp32,bf16-cl)')
+                   '(default fp32,bf16-cl,bf16-cl-compile; quick: fp32)')
     p.add_argument('--batches', default=None, help='batch sizes for every model (default: reference batch, 32, 128/64)')
-    p.add_argument('--size', type=int, default=None, help='training crop (default 640; quick 128)')
+    p.add_argument('--size', type=int, default=None, help='training crop (default 640; quick 96)')
     p.add_argument('--steps', type=int, default=None, help='timed steps (default 15; quick 2)')
     p.add_argument('--warmup', type=int, default=None, help='warm-up steps (default 5; quick 1)')
     p.add_argument('--workers', type=int, default=None, help='loader workers (default: CPU count)')
@@ -403,8 +455,8 @@ def main(argv=None):
     dev = pick_device(a.device)
     a.quick = (a.quick or dev.type == 'cpu') and not a.full
     q = a.quick
-    a.configs = a.configs or ('fp32,bf16-cl' if q else 'fp32,bf16-cl,bf16-cl-compile')
-    a.size = a.size or (128 if q else 640)
+    a.configs = a.configs or ('fp32' if q else 'fp32,bf16-cl,bf16-cl-compile')   # CPU bf16 convolutions are very slow
+    a.size = a.size or (96 if q else 640)
     a.steps = a.steps or (2 if q else 15)
     a.warmup = a.warmup if a.warmup is not None else (1 if q else 5)
     a.workers = a.workers if a.workers is not None else (2 if q else min(16, os.cpu_count() or 1))
