@@ -17,7 +17,7 @@ from .export import ExportWrapper, onnx_session, run_onnx
 __all__ = ['test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner', 'load_runner', 'to_xywh',
            'decode_batch', 'predict_widerface', 'compare_preds', 'score_preds', 'run_test', 'main']
 
-# %% ../nbs/18_test_widerface.ipynb #21e046ea
+# %% ../nbs/18_test_widerface.ipynb #5ce4428e
 def test_sizes(mode:int) -> tuple:
     "`(scale, pad)` of `--mode`: keep-ratio target `(W, H)` or None (original size), and the padded `(h, w)` or None (multiple of 32)."
     if mode == 0: return (640, 640), (640, 640)
@@ -38,11 +38,12 @@ def resize_for_test(img:np.ndarray, # (h, w, 3) uint8 BGR
     else: resized, meta = mmdet_resize(img, scale)
     nh, nw = meta['img_hw']
     ph, pw = pad if pad is not None else (_ceil32(nh), _ceil32(nw))
-    # a portrait image does not fit the landscape 1100x1650 canvas of mode 1 (mmcv's Pad would fail): grow the canvas
+    # a portrait image does not fit the landscape 1100x1650 canvas of mode 1 (the reference's fixed Pad size cannot
+    # hold it): grow that side to a multiple of 32 instead
     meta['pad_hw'] = (ph if nh <= ph else _ceil32(nh), pw if nw <= pw else _ceil32(nw))
     return resized, meta
 
-# %% ../nbs/18_test_widerface.ipynb #cabd1f63
+# %% ../nbs/18_test_widerface.ipynb #5cdb0132
 def wider_split(data_path) -> tuple[Path, Path|None, Path|None]:
     "`(images_dir, labelv2 or None, gt_mat_dir or None)` of a WIDER-style folder."
     d = Path(data_path)
@@ -65,11 +66,11 @@ def list_images(images_dir, labelv2=None) -> list[tuple[str, str, Path]]:
     for r in rels:
         p = images_dir/r
         if not p.is_file(): raise FileNotFoundError(f"{labelv2 or images_dir}: image {r} not found under {images_dir}")
-        out.append((p.parent.name, p.stem, p))                          # name = file name without its extension
+        out.append((p.parent.name, p.stem, p))   # name without extension (the reference's rstrip('.jpg') strips characters)
     if not out: raise FileNotFoundError(f"no <event>/<image>.jpg files under {images_dir}")
     return out
 
-# %% ../nbs/18_test_widerface.ipynb #cb805b22
+# %% ../nbs/18_test_widerface.ipynb #fdf7c1ef
 class TorchRunner:
     "Our model (on `device`) returning the export layout for a batch."
     def __init__(self, model, device='cpu'):
@@ -85,7 +86,12 @@ class OnnxRunner:
         self.session, self.device = onnx_session(path, providers), 'cpu'
         self.batched = len(self.session.get_outputs()[0].shape) == 3
     def __call__(self, x:torch.Tensor) -> list[torch.Tensor]:
-        if self.batched: return [torch.from_numpy(o) for o in run_onnx(self.session, x)]
+        fixed = self.session.get_inputs()[0].shape[0]                    # an int for fixed-batch files
+        if self.batched and isinstance(fixed, int) and fixed not in (1, x.shape[0]):
+            raise ValueError(f"this ONNX file takes batches of exactly {fixed} images; run with --batch-size 1 or "
+                             "export it with dynamic axes")
+        if self.batched and not (isinstance(fixed, int) and fixed == 1 and x.shape[0] > 1):
+            return [torch.from_numpy(o) for o in run_onnx(self.session, x)]
         outs = [run_onnx(self.session, x[i:i+1]) for i in range(x.shape[0])]
         return [torch.from_numpy(np.concatenate(o)) for o in zip(*outs)]
 
