@@ -218,7 +218,7 @@ def detect_onnx(session,               # onnxruntime session or path of an SCRFD
     d = postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr)[0]
     return (d['boxes'].numpy(), d['scores'].numpy(), None if d['kps'] is None else d['kps'].numpy())
 
-# %% ../nbs/19_export.ipynb #ede45e3d
+# %% ../nbs/19_export.ipynb #113961d0
 def check_export(model:nn.Module, path, shape=(640, 640), batch_size:int=1, legacy:bool=False, seed:int=0) -> float:
     "Max |onnxruntime − PyTorch| over all outputs of the exported file on a random input."
     p = next(model.parameters())
@@ -262,5 +262,5 @@ def main(argv=None):
         if err > 1e-3: raise SystemExit(f"{path}: onnxruntime differs from PyTorch by {err:.3g}")
     return path
 
-# %% ../nbs/19_export.ipynb #d8004289
+# %% ../nbs/19_export.ipynb #ef988e3c
 if __name__ == '__main__' and '__file__' in globals(): main()
