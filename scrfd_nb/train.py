@@ -20,8 +20,8 @@ __all__ = ['REF_BATCH', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'PHASES', 'LOSS_KEYS', 
            'RunConfig', 'resolve_defaults', 'EpochSampler', 'batches_per_epoch', 'SeededDataset', 'ckpt_name',
            'list_checkpoints', 'save_atomic', 'prune_checkpoints', 'resolve_checkpoint', 'load_weights', 'init_from',
            'Logger', 'read_metrics', 'fmt_eta', 'ap_summary', 'data_root', 'val_set', 'train_set', 'compute_losses',
-           'predict_images', 'val_items', 'evaluate', 'PhaseTimer', 'checkpoint_state', 'effective_config', 'train',
-           'add_train_args', 'run_config_from_args', 'main']
+           'keep_topk_logits', 'predict_images', 'val_items', 'evaluate', 'PhaseTimer', 'checkpoint_state',
+           'effective_config', 'train', 'add_train_args', 'run_config_from_args', 'main']
 
 # %% ../nbs/16_train.ipynb #c3ff7c58
 def lr_at(it:int,           # global iteration, 0-based
@@ -78,7 +78,7 @@ def make_schedule(tcfg,                   # the variant's TrainCfg
                        min(tcfg.warmup_iters, max(1, epochs * iters_per_epoch // 10))
     return Schedule(lr, epochs, iters_per_epoch, warmup_iters, tcfg.warmup_ratio, tuple(lr_steps), tcfg.gamma)
 
-# %% ../nbs/16_train.ipynb #e9479337
+# %% ../nbs/16_train.ipynb #f4cce123
 @dataclass
 class RunConfig:
     "Options of one training run (the variant's recipe lives in `scrfd_nb.config`)."
@@ -108,6 +108,7 @@ class RunConfig:
     ckpt_iters:int=0                # also checkpoint every N iterations (mid-epoch)
     keep:int=3                      # checkpoints kept (plus best.pth)
     eval_interval:int|None=None     # epochs between evaluations; default: the variant's (80)
+    eval_nms_pre:int=1000           # candidates per image before NMS when evaluating during training (0 = all)
     log_interval:int=10             # iterations between log lines
     max_nonfinite:int=5             # stop after this many non-finite losses in a row
     max_iters:int=0                 # stop after this global iteration (0: no limit)
@@ -268,7 +269,7 @@ def _to(batch:dict, device, channels_last:bool) -> dict:
     if channels_last: out['images'] = out['images'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/16_train.ipynb #5781f285
+# %% ../nbs/16_train.ipynb #6401e8e5
 def ap_summary(ap) -> dict|None:
     "The three WIDER FACE APs as floats."
     return None if ap is None else {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
@@ -308,8 +309,22 @@ def compute_losses(model:nn.Module, # the unwrapped SCRFD (strides, use_kps, cfg
                             use_kps=model.use_kps, strides=model.strides, cfg=model.cfg)
 
 @torch.no_grad()
-def predict_images(model:nn.Module, items:list, rt:Runtime, mcfg, batch_size:int=8) -> dict:
-    "Detections `preds[event][name] = (n, 5) [x, y, w, h, score]` for `items` = [(event, name, path)] (mmdet test path)."
+def keep_topk_logits(cls_list:list, # per level (B, A, H, W) class logits
+                     k:int) -> list:
+    "Set every logit below each image's k-th largest (over all levels) to -inf: at most ~k candidates reach NMS."
+    flat = torch.cat([c.flatten(1) for c in cls_list], 1)                 # (B, A_total)
+    if flat.shape[1] <= k: return cls_list
+    thr = flat.topk(k, dim=1).values[:, -1:]                              # (B, 1)
+    return [c.masked_fill(c < thr.view(-1, 1, 1, 1), float('-inf')) for c in cls_list]
+
+@torch.no_grad()
+def predict_images(model:nn.Module, items:list, rt:Runtime, mcfg, batch_size:int=8,
+                   nms_pre:int=1000, # candidates per image before NMS (0 = all, as the reference test config)
+                  ) -> dict:
+    """Detections `preds[event][name] = (n, 5) [x, y, w, h, score]` for `items` = [(event, name, path)] (mmdet test path).
+
+    During training an immature model scores tens of thousands of anchors above the 0.02 threshold and NMS would
+    dominate the run; `nms_pre` keeps each image's best candidates only (the final test uses `scrfd_nb.test_widerface`)."""
     from scrfd_nb.detect import preprocess, postprocess
     model.eval(); preds = {}
     d = mcfg.detect
@@ -318,6 +333,7 @@ def predict_images(model:nn.Module, items:list, rt:Runtime, mcfg, batch_size:int
         x, metas = preprocess([p for _, _, p in chunk], d.input_size, mode='mmdet', device=rt.device)
         with rt.autocast(): outs = model(x)
         outs = [None if o is None else [t.float() for t in o] for o in outs]
+        if nms_pre > 0: outs[0] = keep_topk_logits(outs[0], nms_pre)
         dets = postprocess(outs, metas, mode='mmdet', score_thr=d.score_thr, nms_thr=d.nms_thr, strides=model.strides)
         for (ev, name, _), det in zip(chunk, dets):
             b, sc = det['boxes'].float().cpu().numpy(), det['scores'].float().cpu().numpy()
@@ -334,11 +350,11 @@ def val_items(val:dict) -> list:
             out.append((*_split_image_path(rel), Path(val['images'])/rel))
     return out
 
-def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None) -> dict|None:
+def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre:int=1000) -> dict|None:
     "WIDER FACE AP (easy, medium, hard) of `model` on the validation set; images shared out across processes."
     from scrfd_nb import evaluate as E
     items = val_items(val)
-    preds = predict_images(model, items[rt.rank::rt.world_size], rt, mcfg)
+    preds = predict_images(model, items[rt.rank::rt.world_size], rt, mcfg, nms_pre=nms_pre)
     if rt.distributed:
         allp = [None] * rt.world_size; dist.all_gather_object(allp, preds)
         preds = {}
@@ -353,7 +369,7 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None) -> dict
         box = [ap_summary(ap)]; dist.broadcast_object_list(box, src=0); ap = ap if rt.is_main else box[0]
     return ap
 
-# %% ../nbs/16_train.ipynb #5ccaa37b
+# %% ../nbs/16_train.ipynb #a23df9a3
 PHASES = ('data', 'forward', 'loss', 'backward', 'step')
 
 class PhaseTimer:
@@ -378,7 +394,7 @@ class PhaseTimer:
                   f"(mean of {len(rows)} iterations after the first {skip})"]
         return fps, '\n'.join(lines)
 
-# %% ../nbs/16_train.ipynb #3ea23d11
+# %% ../nbs/16_train.ipynb #e0bb00d6
 LOSS_KEYS = ('loss_cls', 'loss_bbox', 'loss_kps')
 
 def checkpoint_state(raw:nn.Module, opt, sched:Schedule, rt:Runtime, cfg:RunConfig, mcfg, epoch:int,
@@ -400,7 +416,7 @@ def effective_config(cfg:RunConfig, mcfg, sched:Schedule, rt:Runtime, batch_size
                 workers=workers, device=str(rt.device), amp=rt.amp_name, torch=torch.__version__,
                 backend=dist.get_backend() if dist.is_initialized() else None)
 
-# %% ../nbs/16_train.ipynb #025e4a31
+# %% ../nbs/16_train.ipynb #8a36c7dc
 def train(cfg:RunConfig) -> dict:
     "Train (or evaluate, or time) one SCRFD variant as `cfg` says; returns the final metrics."
     cfg = resolve_defaults(cfg)
@@ -416,7 +432,8 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     seed_everything(cfg.seed, rt.rank)
     from scrfd_nb.config import get_config, config_to_dict
     ov = dict(cfg.overrides)
-    if cfg.img_size: ov['data.img_size'] = cfg.img_size
+    if cfg.img_size:   # train crops and evaluation inputs at the same scale (both 640 in the recipe)
+        ov.setdefault('data.img_size', cfg.img_size); ov.setdefault('detect.input_size', cfg.img_size)
     mcfg = get_config(cfg.config, **ov)
     tcfg = mcfg.train
     bs = cfg.batch_size or tcfg.batch_size
@@ -470,7 +487,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     def run_eval(epoch, pred_dir=None):
         nonlocal best, last_ap
         if val is None: return None
-        ap = evaluate(raw, val, rt, mcfg, pred_dir)
+        ap = evaluate(raw, val, rt, mcfg, pred_dir, cfg.eval_nms_pre)
         raw.train()
         if ap is None: return None
         last_ap = ap_summary(ap)
@@ -571,7 +588,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log.close()
     return res
 
-# %% ../nbs/16_train.ipynb #b83a2e77
+# %% ../nbs/16_train.ipynb #eb2caf7c
 _HELP = {
     'config': 'model variant (scrfd_500m_bnkps, scrfd_10g_bnkps, scrfd_34g, ...; see scrfd_nb.config.PRESETS)',
     'data_path': 'dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, '
@@ -582,7 +599,7 @@ _HELP = {
     'lr': 'learning rate at this global batch (default: the variant\'s lr x global batch / 32, printed)',
     'warmup_iters': 'linear warmup iterations (default 1500; at most a tenth of a shortened run)',
     'lr_steps': 'comma-separated epochs where lr is multiplied by gamma (default 440,544, scaled for short runs)',
-    'img_size': 'training crop size in pixels (default 640; 256 on synthetic data)',
+    'img_size': 'training crop size and evaluation input size in pixels (default 640; 256 on synthetic data)',
     'device': 'auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu',
     'amp': 'mixed precision: auto (bf16 where supported, else fp16 + loss scaling; fp32 on CPU), bf16, fp16, off',
     'compile': 'torch.compile the model', 'channels_last': 'channels-last memory format (default on)',
@@ -599,6 +616,7 @@ _HELP = {
     'ckpt_iters': 'also write a checkpoint every N iterations (mid-epoch)',
     'keep': 'periodic checkpoints to keep (best.pth is kept besides)',
     'eval_interval': "epochs between evaluations (default: the variant's 80; 4 on synthetic data; 0 = never)",
+    'eval_nms_pre': 'best candidates per image kept before NMS in evaluations during training (0 = all, the reference test config)',
     'log_interval': 'iterations between log lines', 'max_nonfinite': 'stop after this many non-finite losses in a row',
     'max_iters': 'stop after this many iterations in total (0 = no limit)',
     'num_train': 'synthetic training images (only without --data-path)', 'num_val': 'synthetic validation images',
@@ -622,7 +640,7 @@ def add_train_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
         elif f.name == 'amp': p.add_argument(flag, choices=AMP_CHOICES, default=d, help=h)
         elif f.name == 'device': p.add_argument(flag, choices=['auto', 'cpu', 'cuda', 'npu'], default=d, help=h)
         else:
-            p.add_argument(flag, type=typ, default=d, help=h + (f' (default {d})' if d not in (None, False) else ''))
+            p.add_argument(flag, type=typ, default=d, help=h)
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override any scrfd_nb.config key, e.g. train.gamma=0.2 (repeatable)')
     return p
@@ -638,8 +656,9 @@ def run_config_from_args(ns:argparse.Namespace) -> RunConfig:
 
 def main(argv=None):
     "python -m scrfd_nb.train: one training process (use scrfd_nb.launch for several)."
-    p = add_train_args(argparse.ArgumentParser(prog='python -m scrfd_nb.train', description=__doc__ or main.__doc__))
+    p = add_train_args(argparse.ArgumentParser(prog='python -m scrfd_nb.train', description=main.__doc__,
+                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     return train(run_config_from_args(p.parse_args(argv)))
 
-# %% ../nbs/16_train.ipynb #cf14ad09
+# %% ../nbs/16_train.ipynb #7c6f39dd
 if __name__ == '__main__' and '__file__' in globals(): main()
