@@ -27,12 +27,14 @@ def main(argv=None):
     p.add_argument('--model', default='scrfd_500m_bnkps'); p.add_argument('--batch', type=int, default=4)
     p.add_argument('--size', type=int, default=640); p.add_argument('--steps', type=int, default=5)
     p.add_argument('--threads', type=int, default=2); p.add_argument('--trace', default=None)
+    p.add_argument('--nchw', action='store_true', help='contiguous NCHW (default: channels_last, as scrfd_nb.train)')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     dev = torch.device('cpu')
     model = build_model(a.model).train()
+    if not a.nchw: model = model.to(memory_format=torch.channels_last)
     opt = make_sgd(model.parameters(), 1e-4)
-    batch = fake_batch(a.batch, a.size, dev, channels_last=False)
+    batch = fake_batch(a.batch, a.size, dev, channels_last=not a.nchw)
     T = {k: [] for k in ('forward', 'targets', 'losses', 'backward', 'optimizer', 'total')}
 
     def step(rec=True):
@@ -60,7 +62,7 @@ def main(argv=None):
     step(False)
     for _ in range(a.steps): step()
     tot = statistics.median(T['total'])
-    print(f"# {a.model}, batch {a.batch}, {a.size}x{a.size}, fp32, {a.threads} threads, torch {torch.__version__}; "
+    print(f"# {a.model}, batch {a.batch}, {a.size}x{a.size}, fp32, {'NCHW' if a.nchw else 'channels_last'}, {a.threads} threads, torch {torch.__version__}; "
           f"median of {a.steps} steps")
     print(f"{'phase':<12}{'ms':>9}{'share':>8}")
     for k, v in T.items():
