@@ -416,7 +416,7 @@ def effective_config(cfg:RunConfig, mcfg, sched:Schedule, rt:Runtime, batch_size
                 workers=workers, device=str(rt.device), amp=rt.amp_name, torch=torch.__version__,
                 backend=dist.get_backend() if dist.is_initialized() else None)
 
-# %% ../nbs/16_train.ipynb #8a36c7dc
+# %% ../nbs/16_train.ipynb #2ce91807
 def train(cfg:RunConfig) -> dict:
     "Train (or evaluate, or time) one SCRFD variant as `cfg` says; returns the final metrics."
     cfg = resolve_defaults(cfg)
@@ -475,7 +475,9 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
                                                               indent=1, default=str))
     model = torch.compile(raw) if cfg.compile else raw
     if rt.distributed:
-        model = DDP(model, device_ids=None if rt.device.type == 'cpu' else [rt.device.index], broadcast_buffers=False)
+        with warnings.catch_warnings():   # torch 2.13 deprecates the name, and advises keeping it for rank-local buffers
+            warnings.filterwarnings('ignore', message='.*broadcast_buffers.*', category=FutureWarning)
+            model = DDP(model, device_ids=None if rt.device.type == 'cpu' else [rt.device.index], broadcast_buffers=False)
 
     def save(epoch, b, final=False):
         st = checkpoint_state(raw, opt, sched, rt, cfg, mcfg, epoch, b, it, best)
