@@ -83,9 +83,10 @@ def timeit(fn, c:Ctx, steps:int, warmup:int) -> float:
         t = time.perf_counter(); fn(); c.sync(); ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
-def amp_ctx(dev, prec):
+def amp_ctx(dev, prec, cache=True):
+    "Autocast for 'fp32' (off), 'bf16', 'fp16'; cache=False for CUDA-graph capture (cached casts must not be freed)."
     if prec == 'fp32': return torch.autocast(dev.type, enabled=False)
-    return torch.autocast(dev.type, dtype=torch.bfloat16 if prec == 'bf16' else torch.float16)
+    return torch.autocast(dev.type, dtype=torch.bfloat16 if prec == 'bf16' else torch.float16, cache_enabled=cache)
 
 def fake_batch(B, size, dev, G=16, seed=0, channels_last=True):
     "Random images and up to G plausible faces (8-320 px as the reference bench) per image, padded like data.collate."
@@ -219,7 +220,7 @@ def bench_detect(c:Ctx, model_name, variant, wh=(640, 480)):
 
     @torch.no_grad()
     def net_eager(xx):
-        with amp_ctx(dev, prec): return fn(xx)
+        with amp_ctx(dev, prec, cache=False): return fn(xx)
     net = net_eager
     if variant == 'fp16-graph':
         if dev.type != 'cuda': raise RuntimeError('CUDA graphs need a CUDA device')
