@@ -405,7 +405,7 @@ def plan(a, dev):
                         P.append((9, f'train {m} {cfg}', 0, 'skip', ('no torch.compile backend',))); break
                     if cfg == 'bf16-cl' and B == bl[-1]: tier = 0                       # the headline rows
                     elif cfg == 'fp32' and B == ref_b.get(m) and m == key: tier = 0     # the reference configuration
-                    elif comp and m == key: tier = 3
+                    elif comp and m == key: tier = 1                                    # the network-alone figure to beat
                     elif comp: tier = 6
                     else: tier = 4
                     P.append((tier, f'train {m} {cfg} b{B}', 150 if comp else 20, bench_train, (m, cfg, B)))
