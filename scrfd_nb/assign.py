@@ -70,7 +70,7 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
         start += n
     return torch.cat(out, -1)
 
-# %% ../nbs/09_assign.ipynb #0958795b
+# %% ../nbs/09_assign.ipynb #4a51ecc1
 def _iof(anchors:Tensor, # (A, 4)
          boxes:Tensor,   # (B, M, 4)
         ) -> Tensor:     # (B, A, M) intersection over the anchor's area (mmdet `bbox_overlaps(mode='iof')`, eps 1e-6)
@@ -78,7 +78,7 @@ def _iof(anchors:Tensor, # (A, 4)
     w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
     h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
     area = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    return w * h / torch.maximum(area, area.new_tensor(1e-6))
+    return w * h / area.clamp(min=1e-6)
 
 @torch.no_grad()
 def atss_assign_batched(anchors:Tensor,                 # (A, 4) xyxy px, all levels concatenated
