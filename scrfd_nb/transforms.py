@@ -14,8 +14,8 @@ import torch
 __all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'MEAN', 'STD', 'KPS_COLORS', 'ImageError', 'read_image', 'ScriptedRNG',
            'centres_inside', 'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations',
            'crop_resize_image', 'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls',
-           'photometric_input', 'photometric_normalize', 'TrainPipeline', 'naive_train_pipeline', 'test_mode_params',
-           'rescale_size', 'test_transform', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample']
+           'photometric_normalize', 'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size',
+           'test_transform', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -185,7 +185,7 @@ def photometric_distortion(img:np.ndarray, # (H, W, 3) float32 BGR, pixel units
     if p.perm is not None: img = img[..., list(p.perm)]
     return img
 
-# %% ../nbs/12_transforms.ipynb #733ac855
+# %% ../nbs/12_transforms.ipynb #9caf76d2
 def golden_rng_calls(records) -> list:
     "Recorded reference random calls (`fn|args|value` / `fn|lo|hi|value`) → `ScriptedRNG` triples for our call names."
     import ast
@@ -205,14 +205,7 @@ def golden_rng_calls(records) -> list:
         else: raise ValueError(f"unknown recorded call {r!r}")
     return out
 
-def photometric_input(j:int) -> np.ndarray:
-    "Input image j of `photometric_cases.npz`: BGR float32 centre square resized to 640 (golden README (g))."
-    name = ['0_Parade_marchingband_1_20.jpg', 'astronaut.png'][j]
-    im = cv2.imread(str(shared_file('data', 'images', name))).astype(np.float32)
-    h, w = im.shape[:2]; s = min(h, w); t, l = (h - s) // 2, (w - s) // 2
-    return cv2.resize(im[t:t+s, l:l+s], (640, 640), interpolation=cv2.INTER_LINEAR)
-
-# %% ../nbs/12_transforms.ipynb #c0e59e20
+# %% ../nbs/12_transforms.ipynb #3cc06007
 def photometric_normalize(img:np.ndarray, # (H, W, 3) float32 BGR pixel units; modified in place
                           p:PhotoParams|None, # None: no distortion
                           mean:float=MEAN, std:float=STD,
@@ -240,7 +233,7 @@ def photometric_normalize(img:np.ndarray, # (H, W, 3) float32 BGR pixel units; m
         m[c, perm[2 - c]], m[c, 3] = gain / std, (offset - mean) / std
     return cv2.transform(img, m)
 
-# %% ../nbs/12_transforms.ipynb #0bbea74d
+# %% ../nbs/12_transforms.ipynb #c32c442c
 @dataclass
 class TrainPipeline:
     "SCRFD's train augmentation, reference semantics, fused image path. Call with (uint8 BGR image, annotation dict, rng)."
@@ -288,7 +281,7 @@ class TrainPipeline:
                     meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback,
                               photometric=None if p is None else asdict(p)))
 
-# %% ../nbs/12_transforms.ipynb #3c128ea9
+# %% ../nbs/12_transforms.ipynb #4f823ebd
 def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_border:bool=True,
                          photometric:bool=True, crop_choice=CROP_CHOICE, trace=None) -> dict:
     "Literal step-by-step port of the reference pipeline (float canvas, resize, flip, cvtColor photometric, normalise); `trace(step, img, b, k, bi)` sees every step."
@@ -324,7 +317,7 @@ def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_
     return dict(img=x, gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
                 meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fb))
 
-# %% ../nbs/12_transforms.ipynb #98140545
+# %% ../nbs/12_transforms.ipynb #c2dfea9f
 def test_mode_params(mode:int) -> dict:
     "`tools/test_widerface.py --mode` → dict(scale=(a, b) or float factor, pad=(H, W) or None, size_divisor=int or None)."
     if mode == 0: return dict(scale=(640, 640), pad=(640, 640), size_divisor=None)
@@ -360,7 +353,7 @@ def test_transform(img:np.ndarray, # (h, w, 3) uint8 BGR
 
 test_transform.__test__ = test_mode_params.__test__ = False  # not pytest tests, whatever their names
 
-# %% ../nbs/12_transforms.ipynb #aa47a109
+# %% ../nbs/12_transforms.ipynb #5a956f05
 KPS_COLORS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))  # BGR: l-eye blue, r-eye red, nose green, l-mouth magenta, r-mouth yellow
 
 def denormalize(img, mean:float=MEAN, std:float=STD) -> np.ndarray:
@@ -390,7 +383,7 @@ def pipeline_steps(img:np.ndarray, ann:dict, rng, **kw) -> list:
     naive_train_pipeline(img, ann, rng, trace=trace, **kw)
     return steps
 
-# %% ../nbs/12_transforms.ipynb #913ccbca
+# %% ../nbs/12_transforms.ipynb #faef21b9
 def render_sample(ds, # a WiderFaceDataset (or anything with .load(i, rng))
                   index:int, seed:int=0) -> np.ndarray: # (S, S, 3) uint8 RGB
     "Sample `index` augmented with `default_rng(seed)`, denormalised, with its targets drawn (RGB, for imshow)."
