@@ -11,11 +11,11 @@ import cv2
 import torch
 
 # %% auto #0
-__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'MEAN', 'STD', 'KPS_COLORS', 'ImageError', 'read_image', 'ScriptedRNG',
-           'centres_inside', 'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations',
-           'crop_resize_image', 'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls',
-           'photometric_normalize', 'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size',
-           'test_transform', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample']
+__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'KPS_COLORS', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
+           'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
+           'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls', 'photometric_normalize',
+           'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size', 'test_transform', 'denormalize',
+           'draw_targets', 'pipeline_steps', 'render_sample', 'MEAN', 'STD']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -55,11 +55,12 @@ class ScriptedRNG:
     @property
     def done(self): return self.i == len(self.calls)
 
-# %% ../nbs/12_transforms.ipynb #55b4f180
+# %% ../nbs/12_transforms.ipynb #d4925879
 CROP_CHOICE = (0.3, 0.45, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
 KPS_FLIP = (1, 0, 2, 4, 3)  # left/right eye and mouth corners swap under a horizontal flip
 PAD_VALUE = 128  # crop canvas fill (BGR, before normalisation)
-MEAN, STD = 127.5, 128.0  # normalisation: (rgb - 127.5) / 128
+from .core import MEAN, STD  # normalisation: (rgb - 127.5) / 128, the same constants as the model's and detect's
+_all_ = ['MEAN', 'STD']  # still part of this module's public names
 
 def centres_inside(boxes:np.ndarray, # (N, 4) float32 xyxy
                    patch) -> np.ndarray: # (N,) bool
