@@ -323,12 +323,15 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
     except RuntimeError as e: raise RuntimeError(f'{path}: {e}') from None
     return model.eval()
 
-# %% ../nbs/05_model.ipynb #63e5de2a
+# %% ../nbs/05_model.ipynb #9b0e5497
 def letterbox(image_bgr:np.ndarray, size:int=640) -> tuple[Tensor, float]:
-    "insightface's input (`scrfd_nb.detect.preprocess`): keep-ratio resize into size×size, top-left on black; → ((1,3,size,size), scale)."
-    from scrfd_nb.detect import preprocess   # lazy: detect builds on the model's modules, not the other way round
+    "insightface-style input: keep-ratio resize into size×size, top-left on black; → ((1,3,size,size), scale)."
+    import cv2
+    from scrfd_nb.detect import make_batch, get_convention   # lazy: detect builds on the model's modules, not the other way round
     h, w = image_bgr.shape[:2]
-    return preprocess([image_bgr], size, mode='insightface')[0], min(size / h, size / w)   # scale: the exact ratio
+    s = min(size / h, size / w)
+    nh, nw = int(round(h * s)), int(round(w * s))   # rounded (insightface's `detect.letterbox` floors the short side)
+    return make_batch([cv2.resize(image_bgr, (nw, nh))], (size, size), get_convention('insightface').pad_value), s
 
 @torch.no_grad()
 def layer_outputs(model:SCRFD, x:Tensor # (1, 3, H, W) normalised
