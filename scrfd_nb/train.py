@@ -16,12 +16,13 @@ from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed
                               rng_state, set_rng_state, make_sgd, get_rank, get_world_size, AMP_CHOICES)
 
 # %% auto #0
-__all__ = ['REF_BATCH', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'PHASES', 'LOSS_KEYS', 'lr_at', 'scaled_lr', 'Schedule', 'make_schedule',
-           'RunConfig', 'resolve_defaults', 'EpochSampler', 'batches_per_epoch', 'SeededDataset', 'ckpt_name',
-           'list_checkpoints', 'save_atomic', 'prune_checkpoints', 'resolve_checkpoint', 'load_weights', 'init_from',
-           'Logger', 'read_metrics', 'fmt_eta', 'ap_summary', 'data_root', 'val_set', 'train_set', 'compute_losses',
-           'keep_topk_logits', 'predict_images', 'val_items', 'evaluate', 'PhaseTimer', 'checkpoint_state',
-           'effective_config', 'train', 'add_train_args', 'run_config_from_args', 'main']
+__all__ = ['REF_BATCH', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'PHASES', 'LOSS_KEYS', 'lr_at',
+           'scaled_lr', 'Schedule', 'make_schedule', 'RunConfig', 'resolve_defaults', 'demo_note', 'EpochSampler',
+           'batches_per_epoch', 'SeededDataset', 'TaggedSampler', 'ckpt_name', 'list_checkpoints', 'save_atomic',
+           'prune_checkpoints', 'resolve_checkpoint', 'load_weights', 'init_from', 'Logger', 'read_metrics', 'fmt_eta',
+           'ap_summary', 'data_root', 'val_set', 'train_set', 'compute_losses', 'keep_topk_logits', 'predict_images',
+           'val_items', 'evaluate', 'PhaseTimer', 'checkpoint_state', 'effective_config', 'train', 'add_train_args',
+           'run_config_from_args', 'main']
 
 # %% ../nbs/16_train.ipynb #c3ff7c58
 def lr_at(it:int,           # global iteration, 0-based
@@ -78,7 +79,7 @@ def make_schedule(tcfg,                   # the variant's TrainCfg
                        min(tcfg.warmup_iters, max(1, epochs * iters_per_epoch // 10))
     return Schedule(lr, epochs, iters_per_epoch, warmup_iters, tcfg.warmup_ratio, tuple(lr_steps), tcfg.gamma)
 
-# %% ../nbs/16_train.ipynb #f4cce123
+# %% ../nbs/16_train.ipynb #b6b72628
 @dataclass
 class RunConfig:
     "Options of one training run (the variant's recipe lives in `scrfd_nb.config`)."
@@ -96,7 +97,7 @@ class RunConfig:
     compile:bool=False              # torch.compile the model
     channels_last:bool=True
     sync_bn:bool=False              # SyncBatchNorm across processes (the reference keeps BN statistics per process)
-    fused:bool=False                # fused SGD where the device has one (CUDA, NPU)
+    fused:bool|None=None            # fused SGD; default: on for CUDA (torch's fused kernel), off elsewhere (foreach on accelerators)
     workers:int|None=None           # loader workers per process; default: the variant's
     seed:int=0
     deterministic:bool=False        # deterministic kernels: bit-exact resume on CPU
@@ -114,24 +115,41 @@ class RunConfig:
     max_iters:int=0                 # stop after this global iteration (0: no limit)
     num_train:int=240               # synthetic dataset size (when data_path is None)
     num_val:int=60
-    synth_size:tuple|None=None      # synthetic image side range (min, max) px; default the generator's
+    synth_size:tuple|None=None      # synthetic image side range (min, max) px; default: the demo's (160, 256)
+    synth:str='demo'                # synthetic scenes: 'demo' (portraits and groups, faces >= 20 px) or 'wider' (the generator's mix, crowds included)
     tensorboard:bool=False
     progress:bool|None=None         # tqdm bar on rank 0 (default: when stdout is a terminal)
     overrides:dict=field(default_factory=dict)  # extra scrfd_nb.config keys, e.g. {'train.gamma': 0.2}
 
-# %% ../nbs/16_train.ipynb #27b00d3a
-SYNTHETIC_DEFAULTS = dict(epochs=12, img_size=256, batch_size=8, workers=0, eval_interval=4, ckpt_interval=4)
+# %% ../nbs/16_train.ipynb #329f58b0
+from .synthetic import Scene
+
+DEMO_SYNTH = dict(scenes=(Scene('0--Portrait', 0.4, (1, 3), (32, 200)), Scene('1--Group', 0.6, (2, 5), (20, 100))),
+                  hard_negatives=False, occlude_prob=0.1)   # scrfd_nb.synthetic.SynthConfig overrides of the demo
+DEMO_SIZE = (160, 256)   # demo picture sides (min, max) px
+DEMO_LR = 0.2            # demo lr at the reference's global batch 32 (0.1 at the default job's 2 x 8)
+SYNTHETIC_DEFAULTS = dict(epochs=40, img_size=160, batch_size=8, workers=0, warmup_iters=50, eval_interval=10,
+                          ckpt_interval=10)
 
 def resolve_defaults(cfg:RunConfig) -> RunConfig:
-    "Fill the work dir, and the short synthetic schedule when training on the built-in data."
+    "Fill the work dir, and the demo recipe when training on the built-in synthetic data."
     cfg = replace(cfg, overrides=dict(cfg.overrides))
     if cfg.work_dir is None: cfg.work_dir = str(Path('work_dirs') / cfg.config)
     if cfg.data_path is None:
         for k, v in SYNTHETIC_DEFAULTS.items():
             if getattr(cfg, k) is None: setattr(cfg, k, v)
+        if cfg.lr is None: cfg.overrides.setdefault('train.lr', DEMO_LR)
     return cfg
 
-# %% ../nbs/16_train.ipynb #4c4fd2ab
+def demo_note(cfg:RunConfig) -> str|None:
+    "One line saying what the synthetic demo changes from the reference recipe, and why (None with --data-path)."
+    if cfg.data_path is not None: return None
+    return (f"synthetic demo (no --data-path): {cfg.synth} scenes, {cfg.epochs} epochs of {cfg.img_size}-px crops, "
+            f"lr {cfg.lr if cfg.lr is not None else str(cfg.overrides.get('train.lr')) + ' at global batch 32'}, "
+            f"warmup {cfg.warmup_iters} it -- a recipe that learns in minutes on a CPU; the reference's (lr 0.01 at "
+            f"batch 32, 1500 warmup it, 640 epochs, 640-px crops) is used with --data-path")
+
+# %% ../nbs/16_train.ipynb #e2339d8a
 class EpochSampler(torch.utils.data.Sampler):
     "Indices of one epoch for one process: shuffled by (seed, epoch), sharded by rank, optionally starting mid-epoch."
     def __init__(self, n:int, batch_size:int, rank:int=0, world_size:int=1, seed:int=0, epoch:int=0,
@@ -161,12 +179,19 @@ class SeededDataset(torch.utils.data.Dataset):
     def __getattr__(self, k):
         if k == 'ds': raise AttributeError(k)
         return getattr(self.ds, k)
-    def __getitem__(self, i):
-        s = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+    def __getitem__(self, i):   # i: an index, or (epoch, index) from `TaggedSampler` (workers keep their own copy)
+        ep, i = i if isinstance(i, tuple) else (self.epoch, i)
+        s = int(np.random.SeedSequence([self.seed, ep, int(i)]).generate_state(1)[0])
         st = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         random.seed(s); np.random.seed(s); torch.manual_seed(s)
         try: return self.ds[i]
         finally: random.setstate(st[0]); np.random.set_state(st[1]); torch.set_rng_state(st[2])
+
+class TaggedSampler(torch.utils.data.Sampler):
+    "(epoch, index) pairs of the current `EpochSampler` `.s`: one DataLoader, persistent workers, for the whole run."
+    def __init__(self, s:EpochSampler|None=None): self.s = s
+    def __iter__(self): return ((self.s.epoch, i) for i in self.s)
+    def __len__(self): return len(self.s)
 
 # %% ../nbs/16_train.ipynb #b2857779
 CKPT_RE = re.compile(r'^ckpt_e(\d+)_i(\d+)\.pth$')
@@ -269,7 +294,7 @@ def _to(batch:dict, device, channels_last:bool) -> dict:
     if channels_last: out['images'] = out['images'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/16_train.ipynb #6401e8e5
+# %% ../nbs/16_train.ipynb #1baa3bcc
 def ap_summary(ap) -> dict|None:
     "The three WIDER FACE APs as floats."
     return None if ap is None else {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
@@ -280,6 +305,8 @@ def data_root(cfg:RunConfig, rt:Runtime) -> tuple:
     from scrfd_nb.synthetic import ensure_synthetic
     root = Path(cfg.work_dir)/'synthetic'
     kw = dict(num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.seed)
+    if cfg.synth not in ('demo', 'wider'): raise ValueError(f"--synth {cfg.synth!r}: expected 'demo' or 'wider'")
+    if cfg.synth == 'demo': kw.update(DEMO_SYNTH, image_size=DEMO_SIZE)
     if cfg.synth_size: kw['image_size'] = tuple(cfg.synth_size)
     if rt.local_rank == 0: ensure_synthetic(root, **kw)
     rt.barrier()
@@ -364,7 +391,9 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre
     if rt.is_main:
         if pred_dir is not None: E.write_pred_dir(preds, pred_dir)
         gt = E.load_gt_mat(val['gt_dir']) if val.get('gt_dir') else E.load_gt_labelv2(val['labelv2'])
-        ap = E.evaluate_widerface(preds, gt)
+        try: ap = E.evaluate_widerface(preds, gt)
+        except IndexError:   # scrfd_nb.evaluate (as of this commit) fails when no prediction matches any face
+            ap = dict(easy=0.0, medium=0.0, hard=0.0)   # ... which is AP 0 exactly
     if rt.distributed:
         box = [ap_summary(ap)]; dist.broadcast_object_list(box, src=0); ap = ap if rt.is_main else box[0]
     return ap
@@ -416,7 +445,7 @@ def effective_config(cfg:RunConfig, mcfg, sched:Schedule, rt:Runtime, batch_size
                 workers=workers, device=str(rt.device), amp=rt.amp_name, torch=torch.__version__,
                 backend=dist.get_backend() if dist.is_initialized() else None)
 
-# %% ../nbs/16_train.ipynb #2ce91807
+# %% ../nbs/16_train.ipynb #eb335826
 def train(cfg:RunConfig) -> dict:
     "Train (or evaluate, or time) one SCRFD variant as `cfg` says; returns the final metrics."
     cfg = resolve_defaults(cfg)
@@ -440,6 +469,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     workers = tcfg.workers if cfg.workers is None else cfg.workers
     log(f"scrfd_nb.train {mcfg.name}: {rt}, {bs} images/device x {rt.world_size} = global batch {bs * rt.world_size}, "
         f"crop {mcfg.data.img_size}, work dir {work}")
+    if demo_note(cfg): log(demo_note(cfg))
 
     # -- data ---------------------------------------------------------------------------------------------------
     root, vname = data_root(cfg, rt)
@@ -457,7 +487,8 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     if cfg.channels_last: raw = raw.to(memory_format=torch.channels_last)
     if cfg.init_from: log(f"{init_from(raw, load_weights(cfg.init_from))} (from {cfg.init_from})")
     if cfg.sync_bn and rt.distributed: raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
-    opt = make_sgd(raw.parameters(), sched.base_lr, tcfg.momentum, tcfg.weight_decay, rt.device.type, cfg.fused)
+    fused = rt.device.type == 'cuda' if cfg.fused is None else cfg.fused   # CUDA: one fused kernel per step
+    opt = make_sgd(raw.parameters(), sched.base_lr, tcfg.momentum, tcfg.weight_decay, rt.device.type, fused)
     epoch0, batch0, it, best = 0, 0, 0, -1.0
     if cfg.resume:
         path = resolve_checkpoint(cfg.resume, work)
@@ -510,16 +541,26 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     sds = SeededDataset(train_ds, cfg.seed)
     tm = PhaseTimer(rt, enabled=cfg.perf > 0)
     nonfinite, last, t0, it0, seen = 0, {}, time.perf_counter(), it, 0
+    acc, nacc = None, 0        # loss terms summed on the device since the last log line (read only when logging)
+    def flush(terms):
+        "Mean loss terms since the last read (or this step's when every step since was skipped), as floats."
+        nonlocal acc, nacc
+        t = terms if acc is None else acc / nacc
+        acc, nacc = None, 0
+        return dict(zip(term_keys, t.tolist()))
     ckpt_every = cfg.ckpt_interval or tcfg.ckpt_interval
     eval_every = cfg.eval_interval or tcfg.eval_interval
     fail_rank = int(os.environ.get('SCRFD_FAIL_RANK', -1))   # fault injection for the launcher test
+    sampler, loader = TaggedSampler(), None
     raw.train()
     for epoch in range(epoch0, sched.epochs):
         b = batch0 if epoch == epoch0 else 0
         sds.epoch = epoch
-        sampler = EpochSampler(len(sds), bs, rt.rank, rt.world_size, cfg.seed, epoch, True, b)
-        loader = torch.utils.data.DataLoader(sds, bs, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                                             pin_memory=rt.device.type != 'cpu', drop_last=False)
+        sampler.s = EpochSampler(len(sds), bs, rt.rank, rt.world_size, cfg.seed, epoch, True, b)
+        if loader is None:   # built once: its workers live across epochs (the sampler tells them the epoch)
+            loader = torch.utils.data.DataLoader(sds, bs, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                                                 pin_memory=rt.device.type != 'cpu', drop_last=False,
+                                                 persistent_workers=workers > 0)
         bar = None
         if rt.is_main and (cfg.progress if cfg.progress is not None else sys.stdout.isatty()):
             from tqdm.auto import tqdm
@@ -536,44 +577,47 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
             losses = compute_losses(raw, outs, batch)               # fp32, normalisers reduced across processes
             loss = sum(losses[k] for k in LOSS_KEYS if k in losses)
             parts = reduce_dict({k: losses[k] for k in LOSS_KEYS if k in losses} | {'loss': loss})
-            vals = {k: float(v.detach()) for k, v in parts.items()} # the step's one host synchronisation
+            term_keys = list(parts)
+            terms = torch.stack([v.detach().float() for v in parts.values()])   # stays on the device
             tm.mark('loss')
-            if not all(math.isfinite(v) for v in vals.values()):
+            (rt.scaler.scale(loss) if rt.scaler is not None else loss).backward()
+            tm.mark('backward')
+            if bool(torch.isfinite(terms).all()):   # the step's one host read, once the backward is queued
+                nonfinite = 0
+                if rt.scaler is not None: rt.scaler.step(opt); rt.scaler.update()
+                else: opt.step()
+                acc = terms if acc is None else acc + terms; nacc += 1
+            else:                                   # the same decision on every rank: the terms are all-reduced
                 nonfinite += 1
-                opt.zero_grad(set_to_none=True)
+                vals = dict(zip(term_keys, terms.tolist()))
                 log(f"non-finite loss at epoch {epoch} iteration {it}: {vals}; step skipped ({nonfinite} in a row)")
                 if nonfinite >= cfg.max_nonfinite:
                     raise FloatingPointError(
                         f"loss not finite for {nonfinite} iterations in a row (last: epoch {epoch}, iteration {it}, "
                         f"lr {lr:g}, {vals}). The weights were not updated by those steps. Lower --lr, try --amp off, "
                         f"or check the data with `python -m scrfd_nb.data check <labelv2.txt>`.")
-            else:
-                nonfinite = 0
-                if rt.scaler is not None:
-                    rt.scaler.scale(loss).backward(); tm.mark('backward')
-                    rt.scaler.step(opt); rt.scaler.update()
-                else:
-                    loss.backward(); tm.mark('backward')
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                tm.mark('step')
+            opt.zero_grad(set_to_none=True)
+            tm.mark('step')
             tm.end_iter()
             it += 1; b += 1; seen += 1
-            if bar is not None: bar.update(1); bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f'{lr:.2e}')
-            if it % cfg.log_interval == 0 or b == ipe:
+            if bar is not None: bar.update(1)
+            if it % cfg.log_interval == 0 or b == ipe or (cfg.perf and seen >= cfg.perf):
+                vals = last = flush(terms)
+                if bar is not None: bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f'{lr:.2e}')
                 el = time.perf_counter() - t0; ips = seen * bs * rt.world_size / el
                 eta = (sched.total_iters - it) * el / max(seen, 1)
-                terms = ' '.join(f"{k[5:]} {vals[k]:.4f}" for k in LOSS_KEYS if k in vals)
-                log(f"epoch {epoch} [{b}/{ipe}] it {it} loss {vals['loss']:.4f} ({terms}) lr {lr:.3e} "
+                txt = ' '.join(f"{k[5:]} {vals[k]:.4f}" for k in LOSS_KEYS if k in vals)
+                log(f"epoch {epoch} [{b}/{ipe}] it {it} loss {vals['loss']:.4f} ({txt}) lr {lr:.3e} "
                     f"{ips:.1f} img/s data {data_s:.3f}s mem {rt.memory_mb():.0f}MB eta {fmt_eta(eta)}")
                 log.metrics(epoch=epoch, iter=it, lr=lr, img_s=ips, **vals)
-            last = vals
             if cfg.perf and seen >= cfg.perf:
                 fps, table = tm.report(bs * rt.world_size)
                 log(f"perf: {mcfg.name}, {rt}, batch {bs} x {rt.world_size}, crop {mcfg.data.img_size}\n{table}")
                 log.close(); return dict(fps=fps, loss=last)
             if cfg.ckpt_iters and it % cfg.ckpt_iters == 0 and b < ipe: save(epoch, b)
-            if cfg.max_iters and it >= cfg.max_iters: break
+            if cfg.max_iters and it >= cfg.max_iters:
+                if nacc: last = flush(terms)
+                break
             td = time.perf_counter()
         if bar is not None: bar.close()
         if cfg.max_iters and it >= cfg.max_iters:
@@ -590,23 +634,24 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log.close()
     return res
 
-# %% ../nbs/16_train.ipynb #3de75296
+# %% ../nbs/16_train.ipynb #3d06959d
 _HELP = {
     'config': 'model variant (scrfd_500m_bnkps, scrfd_10g_bnkps, scrfd_34g, ...; see scrfd_nb.config.PRESETS)',
     'data_path': 'dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, '
                  'wider_face_split or ground_truth); default: a synthetic dataset generated into the work dir',
     'work_dir': 'where checkpoints, train.log, metrics.jsonl and config.json go (default work_dirs/<config>)',
-    'epochs': "training epochs (default: the variant's 640; 12 on the synthetic data); lr steps move proportionally",
-    'batch_size': "images per process (default: the variant's, 16 for 500m_bnkps, else 8; 8 on synthetic data)",
-    'lr': 'learning rate at this global batch (default: the variant\'s lr x global batch / 32, printed)',
-    'warmup_iters': 'linear warmup iterations (default 1500; at most a tenth of a shortened run)',
+    'epochs': "training epochs (default: the variant's 640; 40 in the synthetic demo); lr steps move proportionally",
+    'batch_size': "images per process (default: the variant's, 16 for 500m_bnkps, else 8; 8 in the synthetic demo)",
+    'lr': 'learning rate at this global batch (default: the variant\'s lr x global batch / 32, printed; '
+          'the synthetic demo uses 0.2 at batch 32, i.e. 0.1 for --nproc 2)',
+    'warmup_iters': 'linear warmup iterations (default 1500, at most a tenth of a shortened run; 50 in the synthetic demo)',
     'lr_steps': 'comma-separated epochs where lr is multiplied by gamma (default 440,544, scaled for short runs)',
-    'img_size': 'training crop size and evaluation input size in pixels (default 640; 256 on synthetic data)',
+    'img_size': 'training crop size and evaluation input size in pixels (default 640; 160 in the synthetic demo)',
     'device': 'auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu',
     'amp': 'mixed precision: auto (bf16 where supported, else fp16 + loss scaling; fp32 on CPU), bf16, fp16, off',
     'compile': 'torch.compile the model', 'channels_last': 'channels-last memory format (default on)',
     'sync_bn': 'synchronise BatchNorm statistics across processes (the reference keeps them per process)',
-    'fused': 'fused SGD where the device has one (CUDA, Ascend NpuFusedSGD)',
+    'fused': 'fused SGD where the device has one (CUDA, Ascend NpuFusedSGD); default: on for CUDA',
     'workers': "data loader workers per process (default: the variant's; 0 on synthetic data)",
     'seed': 'random seed (each process uses seed + rank)',
     'deterministic': 'deterministic kernels: a resumed CPU run ends bit-identical to an uninterrupted one',
@@ -614,15 +659,17 @@ _HELP = {
     'init_from': 'initialise weights only from our checkpoint, a reference .pth or an official .onnx (prints a report)',
     'eval_only': 'evaluate on the validation set (after --init-from/--resume) and exit',
     'perf': 'time N iterations, print FPS (world x batch / mean iteration time) and per-phase times, exit',
-    'ckpt_interval': "epochs between checkpoints (default: the variant's 80; 4 on synthetic data)",
+    'ckpt_interval': "epochs between checkpoints (default: the variant's 80; 10 in the synthetic demo)",
     'ckpt_iters': 'also write a checkpoint every N iterations (mid-epoch)',
     'keep': 'periodic checkpoints to keep (best.pth is kept besides)',
-    'eval_interval': "epochs between evaluations (default: the variant's 80; 4 on synthetic data; 0 = never)",
+    'eval_interval': "epochs between evaluations (default: the variant's 80; 10 in the synthetic demo; 0 = never)",
     'eval_nms_pre': 'best candidates per image kept before NMS in evaluations during training (0 = all, the reference test config)',
     'log_interval': 'iterations between log lines', 'max_nonfinite': 'stop after this many non-finite losses in a row',
     'max_iters': 'stop after this many iterations in total (0 = no limit)',
     'num_train': 'synthetic training images (only without --data-path)', 'num_val': 'synthetic validation images',
-    'synth_size': 'synthetic image sides MIN,MAX in pixels (default: the generator\'s)',
+    'synth_size': 'synthetic image sides MIN,MAX in pixels (default: 160,256 for --synth demo, the generator\'s for wider)',
+    'synth': "synthetic scenes: 'demo' (portraits and groups, faces of 20-200 px, no hard negatives: learnable in "
+             "minutes on a CPU) or 'wider' (the generator's WIDER-like mix with crowds of 6-40 px faces)",
     'tensorboard': 'also write TensorBoard events to <work dir>/tb (needs tensorboard)',
     'progress': 'tqdm progress bar on rank 0 (default: when stdout is a terminal)',
 }
