@@ -234,7 +234,7 @@ def photometric_normalize(img:np.ndarray, # (H, W, 3) float32 BGR pixel units; m
         m[c, perm[2 - c]], m[c, 3] = gain / std, (offset - mean) / std
     return cv2.transform(img, m)
 
-# %% ../nbs/12_transforms.ipynb #c32c442c
+# %% ../nbs/12_transforms.ipynb #01bc0e9a
 @dataclass
 class TrainPipeline:
     "SCRFD's train augmentation, reference semantics, fused image path. Call with (uint8 BGR image, annotation dict, rng)."
@@ -260,10 +260,8 @@ class TrainPipeline:
         return cls(**(dict(size=d.img_size, crop_choice=tuple(d.crop_choice), flip_ratio=d.flip_ratio, mean=d.mean[0],
                           std=d.std[0], pad_value=d.crop_fill, bbox_clip_border=cfg.train.bbox_clip_border) | kw))
 
-    def __call__(self, img:np.ndarray, # (H, W, 3) uint8 BGR
-                 ann:dict, # `bboxes` (N,4), `keypoints` (N,5,3), `bboxes_ignore` (M,4), as parse_labelv2 gives
-                 rng) -> dict:
-        "→ dict img (3,S,S) float32 tensor (HWC memory), gt_bboxes (n,4), gt_keypoints (n,5,3), gt_bboxes_ignore (m,4), meta."
+    def geometry(self, img:np.ndarray, ann:dict, rng, crop=None) -> tuple:
+        "Random square crop, resize and flip: → (image (S,S,3) BGR, boxes, keypoints, ignore boxes, meta); `crop` draws the pixels."
         h, w = img.shape[:2]
         b0 = np.asarray(ann['bboxes'], np.float32).reshape(-1, 4)
         k0 = np.asarray(ann['keypoints'], np.float32).reshape(-1, 5, 3)
@@ -274,13 +272,23 @@ class TrainPipeline:
         b, k, bi, sf = resize_annotations(b, k, bi, (side, side), (self.size, self.size), self.bbox_clip_border)
         flip = self.flip_ratio > 0 and rng.random() < self.flip_ratio
         if flip: b, k, bi = flip_annotations(b, k, bi, self.size)
-        im = crop_resize_image(img, patch, (self.size, self.size), flip, self.pad_value)
-        p = sample_photometric(rng, self.brightness_delta, self.contrast_range, self.saturation_range,
-                               self.hue_delta) if self.photometric else None
+        im = (crop or crop_resize_image)(img, patch, (self.size, self.size), flip, self.pad_value)
+        return im, b, k, bi, dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback)
+
+    def sample_photo(self, rng) -> PhotoParams|None:
+        "This sample's photometric draw (None when photometric distortion is off)."
+        if not self.photometric: return None
+        return sample_photometric(rng, self.brightness_delta, self.contrast_range, self.saturation_range, self.hue_delta)
+
+    def __call__(self, img:np.ndarray, # (H, W, 3) uint8 BGR
+                 ann:dict, # `bboxes` (N,4), `keypoints` (N,5,3), `bboxes_ignore` (M,4), as parse_labelv2 gives
+                 rng) -> dict:
+        "→ dict img (3,S,S) float32 tensor (HWC memory), gt_bboxes (n,4), gt_keypoints (n,5,3), gt_bboxes_ignore (m,4), meta."
+        im, b, k, bi, meta = self.geometry(img, ann, rng)
+        p = self.sample_photo(rng)
         hwc = photometric_normalize(im, p, self.mean, self.std)
         return dict(img=torch.from_numpy(hwc).permute(2, 0, 1), gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
-                    meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback,
-                              photometric=None if p is None else asdict(p)))
+                    meta=meta | dict(photometric=None if p is None else asdict(p)))
 
 # %% ../nbs/12_transforms.ipynb #4f823ebd
 def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_border:bool=True,
