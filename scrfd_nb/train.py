@@ -634,7 +634,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log.close()
     return res
 
-# %% ../nbs/16_train.ipynb #3d06959d
+# %% ../nbs/16_train.ipynb #adeb7317
 _HELP = {
     'config': 'model variant (scrfd_500m_bnkps, scrfd_10g_bnkps, scrfd_34g, ...; see scrfd_nb.config.PRESETS)',
     'data_path': 'dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, '
@@ -709,5 +709,5 @@ def main(argv=None):
                                                formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     return train(run_config_from_args(p.parse_args(argv)))
 
-# %% ../nbs/16_train.ipynb #f198a478
+# %% ../nbs/16_train.ipynb #d147c624
 if __name__ == '__main__' and '__file__' in globals(): main()
