@@ -121,14 +121,14 @@ class RunConfig:
     progress:bool|None=None         # tqdm bar on rank 0 (default: when stdout is a terminal)
     overrides:dict=field(default_factory=dict)  # extra scrfd_nb.config keys, e.g. {'train.gamma': 0.2}
 
-# %% ../nbs/16_train.ipynb #329f58b0
+# %% ../nbs/16_train.ipynb #60668ba3
 from .synthetic import Scene
 
 DEMO_SYNTH = dict(scenes=(Scene('0--Portrait', 0.4, (1, 3), (32, 200)), Scene('1--Group', 0.6, (2, 5), (20, 100))),
                   hard_negatives=False, occlude_prob=0.1)   # scrfd_nb.synthetic.SynthConfig overrides of the demo
 DEMO_SIZE = (160, 256)   # demo picture sides (min, max) px
 DEMO_LR = 0.2            # demo lr at the reference's global batch 32 (0.1 at the default job's 2 x 8)
-SYNTHETIC_DEFAULTS = dict(epochs=40, img_size=160, batch_size=8, workers=0, warmup_iters=50, eval_interval=10,
+SYNTHETIC_DEFAULTS = dict(epochs=60, img_size=160, batch_size=8, workers=0, warmup_iters=50, eval_interval=10,
                           ckpt_interval=10)
 
 def resolve_defaults(cfg:RunConfig) -> RunConfig:
@@ -634,13 +634,13 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log.close()
     return res
 
-# %% ../nbs/16_train.ipynb #adeb7317
+# %% ../nbs/16_train.ipynb #550a53f0
 _HELP = {
     'config': 'model variant (scrfd_500m_bnkps, scrfd_10g_bnkps, scrfd_34g, ...; see scrfd_nb.config.PRESETS)',
     'data_path': 'dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, '
                  'wider_face_split or ground_truth); default: a synthetic dataset generated into the work dir',
     'work_dir': 'where checkpoints, train.log, metrics.jsonl and config.json go (default work_dirs/<config>)',
-    'epochs': "training epochs (default: the variant's 640; 40 in the synthetic demo); lr steps move proportionally",
+    'epochs': "training epochs (default: the variant's 640; 60 in the synthetic demo); lr steps move proportionally",
     'batch_size': "images per process (default: the variant's, 16 for 500m_bnkps, else 8; 8 in the synthetic demo)",
     'lr': 'learning rate at this global batch (default: the variant\'s lr x global batch / 32, printed; '
           'the synthetic demo uses 0.2 at batch 32, i.e. 0.1 for --nproc 2)',
