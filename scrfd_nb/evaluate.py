@@ -257,7 +257,7 @@ def flatten_preds(preds:dict, gt:WiderGT, missing:str='error') -> tuple:
     P = np.concatenate(rows).astype(dt, copy=False) if rows else np.zeros((0, 5), dt)
     return P, np.concatenate(([0], np.cumsum([len(r) for r in rows]))).astype(np.int64)
 
-# %% ../nbs/14_evaluate.ipynb #9004ea01
+# %% ../nbs/14_evaluate.ipynb #04bccf65
 def _match_all(P:np.ndarray, poff:np.ndarray, gt:WiderGT, iou_thresh:float=0.5) -> tuple:
     "Per prediction: image index, evaluated flag (its image has faces), matched face (global row) or -1."
     N = len(P)
@@ -289,7 +289,7 @@ def _match_all(P:np.ndarray, poff:np.ndarray, gt:WiderGT, iou_thresh:float=0.5) 
     ok = best >= iou_thresh
     pos = np.flatnonzero(o == np.repeat(np.where(ok, best, np.inf), reps[ev]))   # maxima of matched predictions
     own = np.searchsorted(first, pos, side='right') - 1                         # their prediction
-    f = np.r_[True, own[1:] != own[:-1]]                                         # first maximum = argmax
+    f = np.r_[True, own[1:] != own[:-1]] if len(own) else np.zeros(0, bool)      # first maximum = argmax
     match[own[f]] = pair_gt[pos[f]]
     return img, evald, match
 
@@ -350,7 +350,7 @@ def evaluate_widerface(preds,            # preds[event][name] = (n, 5) [x, y, w,
     P, poff = flatten_preds(preds, gt, missing)
     return evaluate_flat(P, poff, gt, iou_thresh)
 
-# %% ../nbs/14_evaluate.ipynb #877c9315
+# %% ../nbs/14_evaluate.ipynb #52348d3b
 def plot_pr(res:dict,          # result of `evaluate_widerface`
             ax=None,           # matplotlib axes to draw into (default: a new figure)
             label:str|None=None, # method name for the legend
@@ -370,7 +370,7 @@ def plot_pr(res:dict,          # result of `evaluate_widerface`
     if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
     return fig
 
-# %% ../nbs/14_evaluate.ipynb #f73761e5
+# %% ../nbs/14_evaluate.ipynb #5deeffb2
 def main(argv=None):
     "CLI: WIDER FACE Easy/Medium/Hard AP of a folder of result files."
     ap = argparse.ArgumentParser(prog='python -m scrfd_nb.evaluate', description=main.__doc__)
@@ -397,5 +397,5 @@ def main(argv=None):
         plot_pr(res, path=a.plot)
     return res
 
-# %% ../nbs/14_evaluate.ipynb #e9f06732
+# %% ../nbs/14_evaluate.ipynb #32952407
 if __name__ == '__main__' and '__file__' in globals(): main()
