@@ -294,7 +294,7 @@ def _to(batch:dict, device, channels_last:bool) -> dict:
     if channels_last: out['images'] = out['images'].contiguous(memory_format=torch.channels_last)
     return out
 
-# %% ../nbs/16_train.ipynb #1baa3bcc
+# %% ../nbs/16_train.ipynb #f2408e4e
 def ap_summary(ap) -> dict|None:
     "The three WIDER FACE APs as floats."
     return None if ap is None else {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
@@ -391,9 +391,7 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre
     if rt.is_main:
         if pred_dir is not None: E.write_pred_dir(preds, pred_dir)
         gt = E.load_gt_mat(val['gt_dir']) if val.get('gt_dir') else E.load_gt_labelv2(val['labelv2'])
-        try: ap = E.evaluate_widerface(preds, gt)
-        except IndexError:   # scrfd_nb.evaluate (as of this commit) fails when no prediction matches any face
-            ap = dict(easy=0.0, medium=0.0, hard=0.0)   # ... which is AP 0 exactly
+        ap = E.evaluate_widerface(preds, gt)
     if rt.distributed:
         box = [ap_summary(ap)]; dist.broadcast_object_list(box, src=0); ap = ap if rt.is_main else box[0]
     return ap
