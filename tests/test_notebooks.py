@@ -2,7 +2,9 @@
 
 Notebooks are the source of truth and their demo cells are tests; running them here gives one summary line
 for notebooks and pytest tests together. Notebooks that read the reference folder are skipped when it is
-absent (and fail under CI, where it must be present)."""
+absent (and fail under CI, where it must be present). Cells flagged `#| slow` (minutes, e.g. the default
+training job) run here too, since the whole suite fits CI's time; `nbdev_test` alone skips them. Device-only
+cells (`npu`, `cuda`) and `notest` cells are skipped."""
 from pathlib import Path
 import pytest
 from nbdev.config import get_config
@@ -22,5 +24,6 @@ def test_found_notebooks():
 @pytest.mark.parametrize('nb', NBS, ids=lambda p: p.stem)
 def test_notebook(nb):
     if any(s in nb.read_text(encoding='utf-8') for s in USES_SHARED): require_shared()
-    ok, secs = run_notebook(nb, skip_flags=get_config().tst_flags.split(), basepath=ROOT)
+    skip = [f for f in get_config().tst_flags.split() if f != 'slow']
+    ok, secs = run_notebook(nb, skip_flags=skip, basepath=ROOT)
     assert ok, f'{nb.name} failed (traceback above)'
