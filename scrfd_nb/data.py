@@ -402,6 +402,7 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0
                  pin_memory:bool|None=None, # default: an accelerator is available
                  persistent_workers:bool|None=None, # default: workers > 0
                  drop_last:bool=False, pad_to:int|None=None, channels_last:bool=False, prefetch_factor:int|None=None,
+                 collate_fn=None, # default `collate` (with pad_to, channels_last); e.g. gpu_augment.collate_hwc
                 ) -> WiderFaceLoader:
     "Training DataLoader: sharded sampler with set_epoch, per-worker seeds from (seed, epoch, rank, worker), padded collate."
     from functools import partial
@@ -422,7 +423,7 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0
         kw |= dict(worker_init_fn=partial(_worker_init, seed=seed, epoch=epoch, rank=rank))
         if prefetch_factor is not None: kw['prefetch_factor'] = prefetch_factor
     return WiderFaceLoader(dataset, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                           collate_fn=partial(collate, pad_to=pad_to, channels_last=channels_last),
+                           collate_fn=collate_fn or partial(collate, pad_to=pad_to, channels_last=channels_last),
                            pin_memory=pin_memory, **kw)
 
 # %% ../nbs/11_data.ipynb #f5bebd1c

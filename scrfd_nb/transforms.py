@@ -140,12 +140,16 @@ def crop_resize_image(img:np.ndarray, # (H, W, 3) uint8 (or float32) BGR
     fx1, fy1, fx2, fy2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
     roi = img[fy1:fy2, fx1:fx2]
     pl, pr, pt, pb = fx1 - x1, x2 - fx2, fy1 - y1, y2 - fy2
-    if flip: roi, pl, pr = cv2.flip(roi, 1), pr, pl
+    same_type = roi.dtype == np.dtype(dtype)
+    pre_flip = flip and (not same_type or x2 - x1 <= out_wh[0])  # mirror the smaller of input and output (or the uint8 side)
+    if pre_flip: roi, pl, pr = cv2.flip(roi, 1), pr, pl
     if pl or pr or pt or pb:
         roi = cv2.copyMakeBorder(roi, pt, pb, pl, pr, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
-    roi = np.array(roi, dtype=dtype)  # a fresh contiguous copy of just these pixels
-    if roi.shape[1] == out_wh[0] and roi.shape[0] == out_wh[1]: return roi
-    return cv2.resize(roi, tuple(out_wh), interpolation=cv2.INTER_LINEAR)
+    if not same_type: roi = np.array(roi, dtype=dtype)  # converted: a fresh copy of just these pixels
+    if roi.shape[1] == out_wh[0] and roi.shape[0] == out_wh[1]: out = np.array(roi)  # never a view into `img`
+    else: out = cv2.resize(roi, tuple(out_wh), interpolation=cv2.INTER_LINEAR)  # reads a strided view as it is
+    if flip and not pre_flip: cv2.flip(out, 1, dst=out)
+    return out
 
 # %% ../nbs/12_transforms.ipynb #58ecb4e5
 @dataclass
