@@ -6,11 +6,14 @@ CPU seconds of this process (robust to other processes on a shared machine); wal
 Rounds alternate ours / naive so both see the same machine load. Then the loader (2 worker processes, batch 8,
 collate included) over a folder of symlinks to the same JPEGs, ours vs the naive pipeline inside the same dataset.
 
-"split" rows: the loader the trainer uses on an accelerator (`--augment-on device`): the workers decode, crop, resize
-and flip (`gpu_augment.CropPipeline`, uint8 or float32 pixels) and the photometric distortion + normalisation run
-batched on the device (`gpu_augment.photometric_normalize_torch`). Its CPU cost per image is the worker row; the
-"device part on CPU" row is what that batched step costs when the device is this CPU (batch 8, one thread), so a
-CPU-only machine's total is the sum of the two.
+"split" rows: the work divided between loader workers and the training device (`scrfd_nb.gpu_augment`).
+- "decode-only": what the trainer does on an accelerator (`--augment-on device`): the workers decode and draw every
+  random decision and the annotation geometry (`DecodeOnlyPipeline`); crop canvas, float resize, flip, photometric
+  distortion and normalisation run batched on the device (`device_augment_batch`), equal to the reference's float
+  values within 1e-4.
+- "uint8" / "float32": the workers also crop, resize and flip (`CropPipeline`), the device does the photometric step.
+The worker rows are the CPU cost per image of the train pipeline in that mode. "device part on CPU" is what the
+device's share costs when the device is this CPU (batch 8, one thread): a CPU-only machine would pay the sum.
 
     python bench/data_pipeline.py [--n 60] [--rounds 3] [--loader-batches 20] [--big]
 Reference (ANCHORS.md, this machine kind, idle): 111.8 img/s per core (WIDER-size JPEGs), 40.6 with a
@@ -25,7 +28,8 @@ import torch
 from scrfd_nb.core import shared_file
 from scrfd_nb.transforms import TrainPipeline, naive_train_pipeline, read_image
 from scrfd_nb.data import WiderFaceDataset, build_loader
-from scrfd_nb.gpu_augment import CropPipeline, collate_hwc, photometric_normalize_torch
+from scrfd_nb.gpu_augment import (CropPipeline, collate_hwc, photometric_normalize_torch, DecodeOnlyPipeline,
+                                  collate_decoded, device_augment_batch)
 
 WIDER = ['0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
 BIG = 'solvay_conference_1927.jpg'  # 3000x2171
@@ -76,14 +80,17 @@ class Naive:
         o['img'] = torch.from_numpy(o['img']); return o
 
 
-def device_part_on_cpu(paths, anns, n, bs=8):
-    "CPU seconds per image of the split loader's batched photometric + normalise when the device is this CPU."
-    crop = CropPipeline(out_dtype='uint8'); rng = np.random.default_rng(0)
-    outs = [crop(read_image(paths[i % len(paths)]), anns[i % len(paths)], rng) for i in range(bs)]
-    x, p = torch.stack([o['img'] for o in outs]), torch.stack([o['photo'] for o in outs])
-    photometric_normalize_torch(x, p)
+def device_part_on_cpu(paths, anns, n, bs=8, decode_only=False):
+    "CPU seconds per image of the device's share of a split (batch bs) when the device is this CPU."
+    pipe = DecodeOnlyPipeline() if decode_only else CropPipeline(out_dtype='uint8'); rng = np.random.default_rng(0)
+    outs = [pipe(read_image(paths[i % len(paths)]), anns[i % len(paths)], rng) for i in range(bs)]
+    if decode_only: batch = collate_decoded(outs); fn = lambda: device_augment_batch(batch)
+    else:
+        x, p = torch.stack([o['img'] for o in outs]), torch.stack([o['photo'] for o in outs])
+        fn = lambda: photometric_normalize_torch(x, p)
+    fn()
     c0 = time.process_time()
-    for _ in range(max(1, n // bs)): photometric_normalize_torch(x, p)
+    for _ in range(max(1, n // bs)): fn()
     return (time.process_time() - c0) / (max(1, n // bs) * bs)
 
 
@@ -112,6 +119,7 @@ def main(argv=None):
     ours = TrainPipeline(bbox_clip_border=a.clip)
     ours_c = lambda im, an, rng: ours(im, an, rng)['img'].contiguous()  # + CHW contiguous layout, like the naive output
     split_u8, split_f32 = CropPipeline(bbox_clip_border=a.clip, out_dtype='uint8'), CropPipeline(bbox_clip_border=a.clip)
+    decode_only = DecodeOnlyPipeline(bbox_clip_border=a.clip)
     naive = Naive(a.clip)
     mixes = [('WIDER-size JPEGs (1024 px)', WIDER)] + ([('1 of 3 = 3000x2171 photo', WIDER + [BIG])] if a.big else [])
     rows = []
@@ -121,14 +129,15 @@ def main(argv=None):
         rng = np.random.default_rng(1)
         anns = [fake_faces(*read_image(p).shape[1::-1], rng) for p in paths]
         fns = {'ours': ours, 'ours + CHW copy': ours_c, 'naive': naive, 'decode only': lambda *x: None,
-               'split uint8, workers': split_u8, 'split float32, workers': split_f32}
+               'split decode-only, workers': decode_only, 'split uint8, workers': split_u8,
+               'split float32, workers': split_f32}
         res = {k: [] for k in fns}
         for r in range(a.rounds):   # alternating: every pipeline sees the same machine load
             for k, fn in fns.items(): res[k].append(per_core(fn, paths, anns, a.n, r))
         med = {k: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v)) for k, v in res.items()}
-        dev = device_part_on_cpu(paths, anns, a.n)
-        med['split uint8, device part on CPU'] = (dev, dev)
-        med['split uint8, all on CPU'] = (med['split uint8, workers'][0] + dev, med['split uint8, workers'][1] + dev)
+        for mode in ('decode-only', 'uint8'):
+            dev = device_part_on_cpu(paths, anns, a.n, decode_only=mode == 'decode-only')
+            med[f'split {mode}, device part on CPU'] = (dev, dev)
         ref = REFERENCE['BIG' if BIG in names else 'WIDER']
         for k, (c, w) in med.items(): rows.append((label, k, 1 / c, 1 / w, med['naive'][0] / c, 1 / c / ref))
     print(f"\n{'images':28s} {'pipeline':32s} {'img/s/core (cpu)':>17s} {'img/s (wall)':>13s} {'vs naive':>9s} {'vs reference':>13s}")
@@ -136,13 +145,14 @@ def main(argv=None):
         print(f"{label:28s} {k:32s} {rc:17.1f} {rw:13.1f} {ratio:8.2f}x {vref:12.2f}x")
     if a.loader_batches:
         with tempfile.TemporaryDirectory() as d:
-            split = make_split(d, WIDER, copies=16)
+            split = make_split(d, WIDER, copies=a.loader_batches * 8 // len(WIDER) + 16)  # one epoch covers the timed batches
             r_ours = loader_rate(WiderFaceDataset(split, pipeline=ours), a.loader_batches)
             r_naive = loader_rate(WiderFaceDataset(split, pipeline=naive), a.loader_batches)
-            r_split = loader_rate(WiderFaceDataset(split, pipeline=split_u8), a.loader_batches, collate_fn=collate_hwc)
+            r_u8 = loader_rate(WiderFaceDataset(split, pipeline=split_u8), a.loader_batches, collate_fn=collate_hwc)
+            r_dec = loader_rate(WiderFaceDataset(split, pipeline=decode_only), a.loader_batches, collate_fn=collate_decoded)
         print(f"\nloader, 2 workers, batch 8 ({a.loader_batches} batches, wall): ours {r_ours:.1f} img/s, "
-              f"naive {r_naive:.1f} img/s, ratio {r_ours / r_naive:.2f}x; split uint8 (workers' part) {r_split:.1f} img/s, "
-              f"{r_split / r_naive:.2f}x naive")
+              f"naive {r_naive:.1f} img/s, ratio {r_ours / r_naive:.2f}x; workers' part of the splits: "
+              f"decode-only {r_dec:.1f} img/s ({r_dec / r_naive:.2f}x naive), uint8 {r_u8:.1f} img/s ({r_u8 / r_naive:.2f}x)")
 
 
 if __name__ == '__main__':

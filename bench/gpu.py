@@ -9,7 +9,8 @@ One process, whatever device there is (cuda / npu / cpu). For every model, confi
 then detection at batch 1, 640x480 (network alone; network + decode + NMS from a uint8 image; eager, CUDA graph,
 torch.compile reduce-overhead) and batched detection throughput, and the loader from JPEG files (synthetic
 WIDER-size images written by scrfd_nb.synthetic) with the full augmentation: CPU workers doing everything, and
-CPU crop/resize/flip + GPU photometric/normalise (scrfd_nb.gpu_augment), plus loader + training step end to end.
+CPU crop/resize/flip + GPU photometric/normalise, or decode-only workers + all the pixel work on the GPU (the trainer's
+default on an accelerator; scrfd_nb.gpu_augment), plus loader + training step end to end.
 Timings: median of --steps synchronised steps after --warmup. Each row is printed when measured, one table at the
 end; a failing configuration gives an error row and the script goes on. --budget stops starting new rows when the
 time is spent (rows are run in order of importance), so the run fits one device call.
@@ -281,6 +282,17 @@ def bench_gpu_augment(c:Ctx, B, size):
     err = float(np.abs(got - ref).max())
     c.add(what='check', config='gpu_augment', batch=8, ratio=err,
           note=f'max |diff| {err:.1e} vs transforms.photometric_normalize (normalised units): {"OK" if err < 1e-4 else "CHECK"}')
+    from scrfd_nb.transforms import TrainPipeline
+    from scrfd_nb.gpu_augment import DecodeOnlyPipeline, collate_decoded, device_augment_batch
+    ims = [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in [(120, 90), (64, 150), (100, 100), (80, 200)]]
+    ann = dict(bboxes=np.array([[20, 20, 50, 55]], np.float32), keypoints=np.zeros((1, 5, 3), np.float32),
+               bboxes_ignore=np.zeros((0, 4), np.float32))
+    ref = torch.stack([TrainPipeline(size=64)(im, ann, np.random.default_rng(s))['img'] for s, im in enumerate(ims)])
+    got = device_augment_batch(collate_decoded([DecodeOnlyPipeline(size=64)(im, ann, np.random.default_rng(s))
+                                                for s, im in enumerate(ims)]), dev)['images'].float().cpu()
+    err = float((got - ref).abs().max())
+    c.add(what='check', config='device_augment', batch=4, ratio=err,
+          note=f'max |diff| {err:.1e} vs TrainPipeline (decode-only workers + device_augment_batch): {"OK" if err < 2e-4 else "CHECK"}')
     xb = torch.from_numpy((rng.random((B, size, size, 3)) * 255).astype(np.uint8)).to(dev)
     pb = photo_param_tensor([sample_photometric(rng) for _ in range(B)]).to(dev)
     for name, fn in [('eager', photometric_normalize_torch)] + ([('compile', torch.compile(photometric_normalize_torch, dynamic=False))]
@@ -304,23 +316,26 @@ def synthetic_root(c:Ctx) -> Path:
 def loader_dataset(root, variant, size):
     from scrfd_nb.data import WiderFaceDataset
     from scrfd_nb.transforms import TrainPipeline
-    from scrfd_nb.gpu_augment import CropPipeline
-    pipe = TrainPipeline(size=size) if variant == 'cpu-full' else CropPipeline(size=size, out_dtype='uint8' if variant == 'split-u8' else 'float32')
+    from scrfd_nb.gpu_augment import CropPipeline, DecodeOnlyPipeline
+    if variant == 'cpu-full': pipe = TrainPipeline(size=size)
+    elif variant == 'split-decode': pipe = DecodeOnlyPipeline(size=size)   # the trainer's default on an accelerator
+    else: pipe = CropPipeline(size=size, out_dtype='uint8' if variant == 'split-u8' else 'float32')
     return WiderFaceDataset(root / 'train', mode='train', pipeline=pipe)
 
 def make_loader(ds, variant, B, workers, n_batches, pin):
     from functools import partial
     from scrfd_nb.data import collate
-    from scrfd_nb.gpu_augment import collate_hwc
+    from scrfd_nb.gpu_augment import collate_hwc, collate_decoded
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=B * n_batches,
                                              generator=torch.Generator().manual_seed(0))
     kw = dict(num_workers=workers, pin_memory=pin, drop_last=True)
     if workers > 0: kw |= dict(prefetch_factor=4, persistent_workers=False)
-    cf = partial(collate, pad_to=32) if variant == 'cpu-full' else partial(collate_hwc, pad_to=32)
+    cf = partial({'cpu-full': collate, 'split-decode': collate_decoded}.get(variant, collate_hwc), pad_to=32)
     return torch.utils.data.DataLoader(ds, B, sampler=sampler, collate_fn=cf, **kw)
 
 def to_device(batch, variant, dev, dtype):
-    from scrfd_nb.gpu_augment import gpu_normalize_batch
+    from scrfd_nb.gpu_augment import gpu_normalize_batch, device_augment_batch
+    if variant == 'split-decode': return device_augment_batch(batch, dev, dtype=dtype, channels_last=True)
     if variant == 'cpu-full':
         out = dict(batch)
         for k in ('images', 'gt_boxes', 'gt_kps', 'gt_mask'): out[k] = out[k].to(dev, non_blocking=True)
@@ -424,9 +439,9 @@ def plan(a, dev):
         ecfg = 'bf16-cl' if dev.type != 'cpu' else 'fp32'
         P.append((2, 'gpu_augment', 20, bench_gpu_augment, (4 if a.quick else 32, size)))
         P.append((2, 'synthetic data', 30, 'data', ()))
-        for v in ('cpu-full', 'split-f32', 'split-u8'): P.append((2, f'pipe/core {v}', 10, bench_pipeline_core, ('ROOT', v, size, n)))
-        for v in ('split-u8', 'cpu-full'): P.append((2, f'loader {v}', 20, bench_loader, ('ROOT', v, lb, a.workers, nb, size)))
-        P.append((2, f'e2e {em}', 40, bench_loader, ('ROOT', 'split-u8', lb, a.workers, nb, size, em, ecfg)))
+        for v in ('cpu-full', 'split-decode', 'split-f32', 'split-u8'): P.append((2, f'pipe/core {v}', 10, bench_pipeline_core, ('ROOT', v, size, n)))
+        for v in ('split-decode', 'cpu-full', 'split-u8'): P.append((2, f'loader {v}', 20, bench_loader, ('ROOT', v, lb, a.workers, nb, size)))
+        P.append((2, f'e2e {em}', 40, bench_loader, ('ROOT', 'split-decode', lb, a.workers, nb, size, em, ecfg)))
         P.append((5, 'loader split-f32', 20, bench_loader, ('ROOT', 'split-f32', lb, a.workers, nb, size)))
         if not a.quick: P.append((5, f'e2e {em} cpu-full', 40, bench_loader, ('ROOT', 'cpu-full', lb, a.workers, nb, size, em, ecfg)))
     P.sort(key=lambda t: t[0])

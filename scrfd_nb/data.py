@@ -14,7 +14,8 @@ from .transforms import TrainPipeline, read_image, ImageError, KPS_FLIP
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2', 'make_corrupted_example',
-           'WiderFaceDataset', 'seed_worker', 'collate', 'ShardedSampler', 'WiderFaceLoader', 'build_loader', 'main']
+           'WiderFaceDataset', 'seed_worker', 'shared_empty', 'collate', 'ShardedSampler', 'WiderFaceLoader',
+           'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
 NUM_KPS = 5
@@ -330,14 +331,17 @@ def seed_worker(seed:int, epoch:int, rank:int, worker:int|None=None):
     np.random.seed(int(s[0])); random.seed(int(s[1])); torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 # %% ../nbs/11_data.ipynb #a4e4aa8f
+def shared_empty(shape, dtype:torch.dtype=torch.float32) -> torch.Tensor:
+    "An uninitialised contiguous tensor; in a loader worker it lives in shared memory (as torch's default_collate does), saving a copy."
+    if torch.utils.data.get_worker_info() is None: return torch.empty(shape, dtype=dtype)
+    n, e = math.prod(shape), torch.empty(0, dtype=dtype)
+    return e.new(e._typed_storage()._new_shared(n, device=e.device)).resize_(n).view(shape)
+
 def _batch_buffer(shape, channels_last:bool) -> torch.Tensor:
-    "A float32 (B, C, H, W) buffer; in a loader worker it lives in shared memory (as torch's default_collate does), saving a copy."
+    "A float32 (B, C, H, W) buffer (`shared_empty` in a loader worker), channels-last memory if asked."
     B, c, h, w = shape
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    e = torch.empty(0, dtype=torch.float32)
-    flat = e.new(e._typed_storage()._new_shared(B * c * h * w, device=e.device)).resize_(B * c * h * w)
-    return flat.view(B, h, w, c).permute(0, 3, 1, 2) if channels_last else flat.view(B, c, h, w)
+    if not channels_last: return shared_empty(shape)
+    return shared_empty((B, h, w, c)).permute(0, 3, 1, 2)
 
 def collate(batch:list, # samples from WiderFaceDataset (None entries are dropped)
             pad_to:int|None=None, # fixed G (static shapes); default: the batch's maximum face count

@@ -99,8 +99,8 @@ class RunConfig:
     sync_bn:bool=False              # SyncBatchNorm across processes (the reference keeps BN statistics per process)
     fused:bool|None=None            # fused SGD; default: on for CUDA (torch's fused kernel), off elsewhere (foreach on accelerators)
     workers:int|None=None           # loader workers per process; default: the variant's
-    augment_on:str='auto'           # photometric distortion + normalisation: 'cpu' (loader workers), 'device' (batched on the
-                                    # training device, workers crop in uint8); auto: 'device' on accelerators, else 'cpu'
+    augment_on:str='auto'           # augmentation pixels: 'cpu' (loader workers), 'device' (batched on the training device,
+                                    # workers only decode); auto: 'device' on accelerators, else 'cpu'
     seed:int=0
     deterministic:bool=False        # deterministic kernels: bit-exact resume on CPU
     resume:str|None=None            # checkpoint file, or 'latest' in the work dir
@@ -289,10 +289,10 @@ def fmt_eta(s:float) -> str: return str(datetime.timedelta(seconds=int(s)))
 
 # %% ../nbs/16_train.ipynb #a56d7add
 def _to(batch:dict, device, channels_last:bool) -> dict:
-    "Move a collated batch to the device (non-blocking), images channels-last; a split-loader batch (with `photo`) gets its photometric distortion and normalisation there."
-    if 'photo' in batch:
-        from scrfd_nb.gpu_augment import gpu_normalize_batch
-        return gpu_normalize_batch(batch, device, channels_last=channels_last)
+    "Move a collated batch to the device (non-blocking), images channels-last; a batch of decoded images (`--augment-on device`) is cropped, resized, flipped, distorted and normalised there."
+    if 'crops' in batch:
+        from scrfd_nb.gpu_augment import device_augment_batch
+        return device_augment_batch(batch, device, channels_last=channels_last)
     out = dict(batch)
     for k in ('images', 'gt_boxes', 'gt_kps', 'gt_mask'):
         if k in out and torch.is_tensor(out[k]): out[k] = out[k].to(device, non_blocking=True)
@@ -331,14 +331,14 @@ def augment_on_device(cfg:RunConfig, rt:Runtime) -> bool:
     return rt.device.type != 'cpu' if cfg.augment_on == 'auto' else cfg.augment_on == 'device'
 
 def train_set(root:Path, mcfg,
-              on_device:bool=False, # workers stop after crop, resize and flip (uint8); `_to` finishes on the device
+              on_device:bool=False, # workers only decode (and draw the random decisions); `_to` does the pixels on the device
              ) -> tuple:
     "(training dataset with the reference augmentation, collate function)."
     from scrfd_nb import data as D
     if not on_device: return D.WiderFaceDataset(root/'train', mode='train', cfg=mcfg), D.collate
-    from scrfd_nb.gpu_augment import CropPipeline, collate_hwc
-    crop = CropPipeline.from_config(mcfg, out_dtype='uint8')
-    return D.WiderFaceDataset(root/'train', mode='train', cfg=mcfg, pipeline=crop), collate_hwc
+    from scrfd_nb.gpu_augment import DecodeOnlyPipeline, collate_decoded
+    pipe = DecodeOnlyPipeline.from_config(mcfg)
+    return D.WiderFaceDataset(root/'train', mode='train', cfg=mcfg, pipeline=pipe), collate_decoded
 
 def compute_losses(model:nn.Module, # the unwrapped SCRFD (strides, use_kps, cfg)
                    head_outputs,    # (cls_list, bbox_list, kps_list) from model(images)
@@ -495,8 +495,8 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log(f"data: {len(train_ds)} training images, {ipe} iterations/epoch; schedule: {sched.epochs} epochs = "
         f"{sched.total_iters} iterations, lr {sched.base_lr:g}, warmup {sched.warmup_iters} it from "
         f"{sched.warmup_ratio:g}x, x{sched.gamma:g} at epochs {list(sched.steps)}")
-    log("augmentation: crop, resize and flip in the loader workers (uint8); photometric distortion + normalisation "
-        f"batched on {rt.device}" if on_dev else "augmentation: all of it in the loader workers (float32, the reference's values)")
+    log("augmentation: loader workers decode and draw the random decisions; crop, resize, flip, photometric "
+        f"distortion and normalisation batched on {rt.device}" if on_dev else "augmentation: all of it in the loader workers (float32, the reference's values)")
     if on_dev and rt.device.type == 'cpu':
         log("note: --augment-on device with a CPU device runs the batched photometric step in this process, "
             "much slower than the workers' OpenCV path (meant for accelerators)")
@@ -673,9 +673,9 @@ _HELP = {
     'sync_bn': 'synchronise BatchNorm statistics across processes (the reference keeps them per process)',
     'fused': 'fused SGD where the device has one (CUDA, Ascend NpuFusedSGD); default: on for CUDA',
     'workers': "data loader workers per process (default: the variant's; 0 on synthetic data)",
-    'augment_on': "where the photometric distortion and normalisation run: cpu (loader workers, float32 as the "
-                  "reference), device (batched on the training device; workers only crop, resize and flip, in "
-                  "uint8: about 1.5x fewer CPU seconds per image and 4x fewer bytes), auto: device on accelerators",
+    'augment_on': "where the augmentation's pixel work runs: cpu (loader workers, OpenCV), device (batched on the "
+                  "training device: the workers only decode JPEGs and draw the random decisions, about 2.5x fewer CPU "
+                  "seconds per image; same float values), auto: device on accelerators",
     'seed': 'random seed (each process uses seed + rank)',
     'deterministic': 'deterministic kernels: a resumed CPU run ends bit-identical to an uninterrupted one',
     'resume': "continue a run exactly: a checkpoint file, or 'latest' in the work dir",

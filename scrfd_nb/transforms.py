@@ -5,7 +5,7 @@
 # %% ../nbs/12_transforms.ipynb #4a3ac6bc
 from __future__ import annotations
 import os
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 import numpy as np
 import cv2
 import torch
@@ -162,6 +162,10 @@ class PhotoParams:
     hue: float|None = None # degrees added to H
     perm: tuple|None = None # channel permutation
 
+    def to_dict(self) -> dict:
+        "The fields as a dict (`dataclasses.asdict` without its deep copy: the fields are numbers and a tuple)."
+        return dict(self.__dict__)
+
 def sample_photometric(rng, brightness_delta=32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
                        hue_delta=18) -> PhotoParams:
     "Draw PhotoMetricDistortion's parameters with the reference's sequence of random calls."
@@ -294,7 +298,7 @@ class TrainPipeline:
         p = self.sample_photo(rng)
         hwc = photometric_normalize(im, p, self.mean, self.std)
         return dict(img=torch.from_numpy(hwc).permute(2, 0, 1), gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
-                    meta=meta | dict(photometric=None if p is None else asdict(p)))
+                    meta=meta | dict(photometric=None if p is None else p.to_dict()))
 
 # %% ../nbs/12_transforms.ipynb #4f823ebd
 def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_border:bool=True,
