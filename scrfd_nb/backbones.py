@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import torch
 from torch import nn, Tensor
-from .config import BackboneCfg, get_config, PRESETS
+from .config import BackboneCfg, get_config
 
 # %% auto #0
 __all__ = ['conv_bn_relu', 'BasicBlock', 'Bottleneck', 'avg_down', 'res_layer', 'ResNetV1e', 'dw_unit', 'MobileNetV1',

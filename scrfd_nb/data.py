@@ -4,13 +4,13 @@
 
 # %% ../nbs/11_data.ipynb #24464bf8
 from __future__ import annotations
-import argparse, math, os, sys, warnings, logging
+import argparse, math, sys, warnings, logging
 from collections import Counter
 from pathlib import Path
 import numpy as np
 import cv2
 import torch
-from .transforms import TrainPipeline, read_image, ImageError, KPS_FLIP
+from .transforms import TrainPipeline, read_image, ImageError
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2', 'make_corrupted_example',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_export.ipynb #cea30be6
 from __future__ import annotations
-import argparse, copy, sys, warnings
+import argparse, copy, warnings
 from pathlib import Path
 import numpy as np
 import torch

@@ -5,7 +5,7 @@
 # %% ../nbs/15_runtime.ipynb #d1e1fdea
 from __future__ import annotations
 import os, sys, random, datetime, importlib, importlib.util, contextlib, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist

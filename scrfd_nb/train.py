@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_train.ipynb #efe09a9a
 from __future__ import annotations
-import os, sys, re, json, time, math, random, argparse, datetime, warnings, contextlib
+import os, sys, re, json, time, math, random, argparse, datetime, warnings
 from dataclasses import dataclass, field, asdict, fields, replace
 from pathlib import Path
 import numpy as np
@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed_everything, set_deterministic,
-                              rng_state, set_rng_state, make_sgd, get_rank, get_world_size, AMP_CHOICES)
+                              rng_state, set_rng_state, make_sgd, AMP_CHOICES)
 
 # %% auto #0
 __all__ = ['REF_BATCH', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'PHASES', 'LOSS_KEYS', 'lr_at',
@@ -560,7 +560,7 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     # -- loop -----------------------------------------------------------------------------------------------------
     sds = SeededDataset(train_ds, cfg.seed)
     tm = PhaseTimer(rt, enabled=cfg.perf > 0)
-    nonfinite, last, t0, it0, seen = 0, {}, time.perf_counter(), it, 0
+    nonfinite, last, t0, seen = 0, {}, time.perf_counter(), 0
     acc, nacc = None, 0        # loss terms summed on the device since the last log line (read only when logging)
     def flush(terms):
         "Mean loss terms since the last read (or this step's when every step since was skipped), as floats."
