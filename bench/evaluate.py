@@ -6,11 +6,10 @@ in the same process, on the golden prediction sets. Both must give the same APs 
 
     python bench/evaluate.py [--sets good noisy edge unsorted] [--repeat 5]
 """
-import argparse, sys, time
-from pathlib import Path
+import argparse, time
 import numpy as np
-from scrfd_nb.core import golden, shared_file
-from scrfd_nb.evaluate import SETTINGS, load_gt_mat, evaluate_widerface, write_pred_dir, read_pred_dir
+from scrfd_nb.core import shared_file
+from scrfd_nb.evaluate import SETTINGS, load_gt_mat, evaluate_widerface, write_pred_dir, read_pred_dir, golden_preds
 
 SETS = {'good': 'widerface_preds_0_good.npz', 'noisy': 'widerface_preds_1_noisy.npz',
         'edge': 'widerface_preds_2_edge.npz', 'unsorted': 'widerface_preds_3_unsorted.npz'}
@@ -86,14 +85,6 @@ def loop_evaluate(preds, gt, iou_thresh=0.5):
 
 
 # ---------------------------------------------------------------- the benchmark
-def golden_preds(fname):
-    z = golden(fname)
-    o, P = z['offsets'], z['preds_xywhs']
-    preds = {}
-    for i, (e, n) in enumerate(zip(z['event_names'].tolist(), z['image_names'].tolist())):
-        preds.setdefault(e, {})[n] = P[o[i]:o[i + 1]]
-    return preds, z
-
 def best_of(fn, k):
     "(best wall s, median wall s, median CPU s of this process, result) of k runs."
     ts, cs = [], []

@@ -12,7 +12,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['SETTINGS', 'WiderGT', 'load_gt_mat', 'load_gt_labelv2', 'load_gt', 'write_pred_dir', 'read_pred_dir', 'wider_iou',
            'image_eval', 'pr_thresholds', 'image_pr_info', 'voc_ap', 'norm_scores', 'flatten_preds', 'evaluate_flat',
-           'evaluate_widerface', 'plot_pr', 'main']
+           'evaluate_widerface', 'golden_preds', 'plot_pr', 'main']
 
 # %% ../nbs/14_evaluate.ipynb #778b1918
 SETTINGS = ('easy', 'medium', 'hard')
@@ -349,6 +349,17 @@ def evaluate_widerface(preds,            # preds[event][name] = (n, 5) [x, y, w,
     if not isinstance(preds, dict): preds = read_pred_dir(preds)
     P, poff = flatten_preds(preds, gt, missing)
     return evaluate_flat(P, poff, gt, iou_thresh)
+
+# %% ../nbs/14_evaluate.ipynb #00460585
+def golden_preds(fname:str) -> tuple:
+    "A golden prediction set (golden README §f) as preds[event][name] = (n, 5) xywhs, plus the stored reference results."
+    from scrfd_nb.core import golden
+    z = golden(fname)
+    o, P = z['offsets'], z['preds_xywhs']
+    preds = {}
+    for i, (e, n) in enumerate(zip(z['event_names'].tolist(), z['image_names'].tolist())):
+        preds.setdefault(e, {})[n] = P[o[i]:o[i + 1]]
+    return preds, z
 
 # %% ../nbs/14_evaluate.ipynb #52348d3b
 def plot_pr(res:dict,          # result of `evaluate_widerface`

@@ -25,13 +25,8 @@ def gt(gt_dir):
 
 
 def golden_set(fname):
-    from scrfd_nb.core import golden
-    z = golden(fname)
-    o, P = z['offsets'], z['preds_xywhs']
-    preds = {}
-    for i, (e, n) in enumerate(zip(z['event_names'].tolist(), z['image_names'].tolist())):
-        preds.setdefault(e, {})[n] = P[o[i]:o[i + 1]]
-    return preds, z
+    from scrfd_nb.evaluate import golden_preds
+    return golden_preds(fname)
 
 
 @pytest.mark.parametrize('fname', SETS)
