@@ -104,7 +104,7 @@ def loader_rate(ds, batches, workers=2, bs=8, collate_fn=None):
     for _ in range(batches):
         try: b = next(it)
         except StopIteration: it = iter(ld); b = next(it)
-        n += len(b['images'])
+        n += len(b['gt_boxes'])   # batch size (decode-only batches pack their images flat)
     dt = time.perf_counter() - t0
     del it, ld
     return n / dt

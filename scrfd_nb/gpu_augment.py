@@ -168,32 +168,30 @@ class DecodeOnlyPipeline(TrainPipeline):
 
 def collate_decoded(batch:list, # samples from a dataset whose pipeline is `DecodeOnlyPipeline`
                     pad_to:int|None=None) -> dict:
-    "Like `collate_hwc`; `images` (B, Hmax, Wmax, 3) uint8 (zero-padded) with `sizes` (B, 2) = (h, w), `crops` (B, 4), `flips` (B,), `out_size`."
+    "Like `collate_hwc`, but `images` is the batch's decoded images packed end to end, (sum h·w·3,) uint8, with `sizes` (B, 2) = (h, w); plus `crops` (B, 4), `flips` (B,), `out_size`."
     from scrfd_nb.data import collate, shared_empty
     batch = [b for b in batch if b is not None]
     out = collate([dict(b, img=_NO_IMG) for b in batch], pad_to=pad_to)
     sizes = torch.tensor([tuple(b['img'].shape[:2]) for b in batch], dtype=torch.int64)
-    images = shared_empty((len(batch), int(sizes[:, 0].max()), int(sizes[:, 1].max()), 3), torch.uint8)
-    for i, b in enumerate(batch):
-        h, w = b['img'].shape[:2]
-        images[i, :h, :w] = b['img']
-        images[i, h:], images[i, :h, w:] = 0, 0       # padding never enters a crop: zero it anyway (deterministic bytes)
+    n = (sizes[:, 0] * sizes[:, 1] * 3).tolist()
+    images = shared_empty((sum(n),), torch.uint8)   # no padding: portrait and landscape photos cost their own bytes only
+    for b, seg in zip(batch, images.split(n)): seg.copy_(b['img'].reshape(-1))
     return out | dict(images=images, sizes=sizes, crops=torch.stack([b['crop'] for b in batch]),
                       flips=torch.tensor([b['flip'] for b in batch]), photo=torch.stack([b['photo'] for b in batch]),
                       out_size=int(batch[0]['size']))
 
-def device_crop_resize(images:Tensor, # (B, H, W, 3) uint8 BGR on the device (zero-padded to the batch's largest)
+def device_crop_resize(images:Tensor, # (sum h·w·3,) uint8 BGR images packed end to end, on the device
                        sizes, crops, flips, # (B, 2) (h, w), (B, 4) crop squares, (B,) bool: CPU tensors or lists
                        size:int=640, pad_value:float=PAD_VALUE,
                       ) -> Tensor: # (B, size, size, 3) float32 BGR pixel units (a channels-last view)
     "The reference's crop canvas → float bilinear resize → mirror, per sample, on images' device."
     import torch.nn.functional as F
-    B = images.shape[0]
-    out = torch.empty((B, 3, size, size), dtype=torch.float32, device=images.device)
     sizes, crops, flips = (t.tolist() if torch.is_tensor(t) else list(t) for t in (sizes, crops, flips))  # host values: no sync
+    out = torch.empty((len(sizes), 3, size, size), dtype=torch.float32, device=images.device)
+    parts = images.split([h * w * 3 for h, w in sizes])
     for i, ((h, w), (x1, y1, x2, y2), flip) in enumerate(zip(sizes, crops, flips)):
         fx1, fy1, fx2, fy2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
-        roi = images[i, fy1:fy2, fx1:fx2].permute(2, 0, 1)[None].float()
+        roi = parts[i].view(h, w, 3)[fy1:fy2, fx1:fx2].permute(2, 0, 1)[None].float()
         pads = (fx1 - x1, x2 - fx2, fy1 - y1, y2 - fy2)
         if any(pads): roi = F.pad(roi, pads, value=float(pad_value))
         if x2 - x1 != size: roi = F.interpolate(roi, size=(size, size), mode='bilinear', align_corners=False, antialias=False)
