@@ -456,7 +456,8 @@ def effective_config(cfg:RunConfig, mcfg, sched:Schedule, rt:Runtime, batch_size
     "What this run actually uses (written to work_dir/config.json)."
     return dict(run=asdict(cfg), model_config=mcfg.to_dict(), schedule=asdict(sched) | {'total_iters': sched.total_iters},
                 world_size=rt.world_size, batch_per_device=batch_size, global_batch=batch_size * rt.world_size,
-                workers=workers, device=str(rt.device), amp=rt.amp_name, torch=torch.__version__,
+                workers=workers, augment_on='device' if augment_on_device(cfg, rt) else 'cpu',
+                device=str(rt.device), amp=rt.amp_name, torch=torch.__version__,
                 backend=dist.get_backend() if dist.is_initialized() else None)
 
 # %% ../nbs/16_train.ipynb #eb335826

@@ -87,6 +87,7 @@ def test_augment_on_device_matches_workers(data, tmp_path):
         runs[where] = (losses(work), (work/'train.log').read_text())
     (l_cpu, log_cpu), (l_dev, log_dev) = runs['cpu'], runs['device']
     assert 'batched on cpu' in log_dev and 'all of it in the loader workers' in log_cpu
+    assert [json.loads((tmp_path/w/'config.json').read_text())['augment_on'] for w in ('cpu', 'device')] == ['cpu', 'device']
     assert len(l_dev) == len(l_cpu) == 4 and all(np.isfinite(l_dev))
     # iteration 0: same weights, same crops and draws, pixels equal within float rounding (1e-6)
     assert l_dev[0] == pytest.approx(l_cpu[0], rel=1e-4), (l_dev, l_cpu)
