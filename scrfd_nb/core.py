@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'repo_root', 'shared_dir', 'shared_file', 'golden', 'bgr_to_input']
+__all__ = ['MEAN', 'STD', 'KPS_COLORS', 'repo_root', 'shared_dir', 'shared_file', 'golden', 'bgr_to_input']
 
 # %% ../nbs/00_core.ipynb #1e060253
 def repo_root() -> Path:
@@ -48,6 +48,8 @@ def golden(name:str) -> dict:
 
 # %% ../nbs/00_core.ipynb #686205f2
 MEAN, STD = 127.5, 128.0   # network input = (RGB - MEAN) / STD
+KPS_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))  # BGR drawing colours, one palette for every
+                           # picture: l-eye red, r-eye yellow, nose magenta, l-mouth green, r-mouth blue
 
 def bgr_to_input(t, # (..., H, W, 3) BGR pixels: a torch tensor (uint8 or float), any device
                 ): # (..., 3, H, W) float32 RGB, (x - MEAN) / STD

@@ -17,9 +17,9 @@ from .boxes import distance2bbox, distance2kps, batched_nms
 from .core import MEAN, STD, bgr_to_input
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'KPS_COLORS', 'IMAGE_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs',
-           'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat',
-           'detect_batch', 'detect', 'draw_detections', 'dets_to_json', 'main']
+__all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs', 'postprocess',
+           'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat', 'detect_batch',
+           'detect', 'draw_detections', 'dets_to_json', 'main']
 
 # %% ../nbs/08_detect.ipynb #4e12777c
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list
     return detect_batch(model, [image_bgr], score_thr, nms_thr, input_size, mode, max_num)[0]
 
 # %% ../nbs/08_detect.ipynb #79fa76ba
-KPS_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))  # BGR: l-eye, r-eye, nose, l-mouth, r-mouth
+from .core import KPS_COLORS   # the one keypoint palette (l-eye, r-eye, nose, l-mouth, r-mouth)
 
 def draw_detections(image:np.ndarray,  # (h, w, 3) uint8 BGR
                     boxes:np.ndarray,  # (N, 4) xyxy px

@@ -11,10 +11,10 @@ import numpy as np
 import cv2
 
 # %% auto #0
-__all__ = ['PRESETS', 'SHIFT', 'AA_GROW', 'VERSION', 'README', 'KPS_COLORS', 'Scene', 'SynthConfig', 'ellipse', 'poly',
-           'skin_color', 'hair_color', 'make_background', 'FaceGeom', 'random_geom', 'draw_face', 'render_image',
-           'face_line', 'resolve_params', 'read_meta', 'make_synthetic_widerface', 'ensure_synthetic',
-           'read_synthetic_labels', 'draw_annotations', 'main']
+__all__ = ['PRESETS', 'SHIFT', 'AA_GROW', 'VERSION', 'README', 'Scene', 'SynthConfig', 'ellipse', 'poly', 'skin_color',
+           'hair_color', 'make_background', 'FaceGeom', 'random_geom', 'draw_face', 'render_image', 'face_line',
+           'resolve_params', 'read_meta', 'make_synthetic_widerface', 'ensure_synthetic', 'read_synthetic_labels',
+           'draw_annotations', 'main']
 
 # %% ../nbs/13_synthetic.ipynb #0e931688
 @dataclass
@@ -516,7 +516,7 @@ def read_synthetic_labels(path) -> list[dict]:
     return out
 
 # %% ../nbs/13_synthetic.ipynb #e5cfde37
-KPS_COLORS = [(255, 0, 0), (0, 0, 255), (0, 255, 255), (255, 0, 255), (255, 255, 0)]   # BGR: l-eye, r-eye, nose, l-mouth, r-mouth
+from .core import KPS_COLORS   # the one keypoint palette, as `detect.draw_detections` draws it
 
 def draw_annotations(img:np.ndarray, # (h, w, 3) uint8 BGR
                      rec:dict,       # one `read_synthetic_labels` record

@@ -11,7 +11,7 @@ import cv2
 import torch
 
 # %% auto #0
-__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'KPS_COLORS', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
+__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
            'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
            'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls', 'photometric_normalize',
            'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size', 'test_transform', 'denormalize',
@@ -373,7 +373,7 @@ def test_transform(img:np.ndarray, # (h, w, 3) uint8 BGR
 test_transform.__test__ = test_mode_params.__test__ = False  # not pytest tests, whatever their names
 
 # %% ../nbs/12_transforms.ipynb #5a956f05
-KPS_COLORS = ((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 0, 255), (0, 255, 255))  # BGR: l-eye blue, r-eye red, nose green, l-mouth magenta, r-mouth yellow
+from .core import KPS_COLORS   # the one keypoint palette, as `detect.draw_detections` draws it
 
 def denormalize(img, mean:float=MEAN, std:float=STD) -> np.ndarray:
     "Normalised RGB image (3, H, W) tensor/array or (H, W, 3) → uint8 BGR (H, W, 3) for display (clipped)."
