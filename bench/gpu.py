@@ -337,8 +337,8 @@ def to_device(batch, variant, dev, dtype):
     from scrfd_nb.gpu_augment import gpu_normalize_batch, device_augment_batch
     if variant == 'split-decode': return device_augment_batch(batch, dev, dtype=dtype, channels_last=True)
     if variant == 'cpu-full':
-        out = dict(batch)
-        for k in ('images', 'gt_boxes', 'gt_kps', 'gt_mask'): out[k] = out[k].to(dev, non_blocking=True)
+        from scrfd_nb.data import batch_to
+        out = batch_to(batch, dev)
         out['images'] = out['images'].to(dtype=dtype, memory_format=torch.channels_last)
         return out
     return gpu_normalize_batch(batch, dev, dtype=dtype, channels_last=True)

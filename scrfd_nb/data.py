@@ -13,9 +13,9 @@ import torch
 from .transforms import TrainPipeline, read_image, ImageError
 
 # %% auto #0
-__all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2', 'make_corrupted_example',
-           'WiderFaceDataset', 'seed_worker', 'shared_empty', 'collate', 'ShardedSampler', 'WiderFaceLoader',
-           'build_loader', 'main']
+__all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
+           'make_corrupted_example', 'WiderFaceDataset', 'seed_worker', 'shared_empty', 'collate', 'batch_to',
+           'ShardedSampler', 'WiderFaceLoader', 'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
 NUM_KPS = 5
@@ -371,6 +371,16 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
                 gt_boxes_ignore=[torch.from_numpy(np.asarray(b['gt_bboxes_ignore'], np.float32).reshape(-1, 4)) for b in batch],
                 metas=metas, skipped=[s for m in metas for s in m.get('skipped', [])],
                 crop_fallbacks=sum(bool(m.get('crop_fallback')) for m in metas), truncated_faces=truncated)
+
+# %% ../nbs/11_data.ipynb #b47c7d02
+BATCH_TENSORS = ('images', 'gt_boxes', 'gt_kps', 'gt_mask', 'photo')   # what a training step reads on the device
+
+def batch_to(batch:dict, device, keys=BATCH_TENSORS) -> dict:
+    "A shallow copy of a collated batch with its tensors under `keys` on `device` (non-blocking); other entries unchanged."
+    out = dict(batch)
+    for k in keys:
+        if torch.is_tensor(out.get(k)): out[k] = out[k].to(device, non_blocking=True)
+    return out
 
 # %% ../nbs/11_data.ipynb #ecfe9edd
 class ShardedSampler(torch.utils.data.Sampler):

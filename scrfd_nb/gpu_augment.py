@@ -4,6 +4,7 @@
 
 # %% ../nbs/20_gpu_augment.ipynb #98679fb0
 from __future__ import annotations
+from dataclasses import dataclass
 import numpy as np
 import cv2
 import torch
@@ -110,14 +111,13 @@ def crop_resize_u8(img:np.ndarray, # (H, W, 3) uint8 BGR
     "`crop_resize_image` in uint8 (OpenCV fixed-point bilinear): crop canvas (fill 128) → resize → optional mirror."
     return crop_resize_image(img, patch, out_wh, flip, pad_value, dtype=np.uint8)
 
+@dataclass
 class CropPipeline(TrainPipeline):
     "`TrainPipeline` minus photometric distortion and normalisation: `img` is (S, S, 3) BGR pixel units, `photo` the draw."
     out_dtype: str = 'float32'   # 'float32' (reference values) or 'uint8' (4x fewer bytes, resize rounded)
 
-    def __init__(self, *args, out_dtype:str='float32', **kw):
-        super().__init__(*args, **kw)
-        if out_dtype not in ('float32', 'uint8'): raise ValueError(f"out_dtype {out_dtype!r}: 'float32' or 'uint8'")
-        self.out_dtype = out_dtype
+    def __post_init__(self):
+        if self.out_dtype not in ('float32', 'uint8'): raise ValueError(f"out_dtype {self.out_dtype!r}: 'float32' or 'uint8'")
 
     def __call__(self, img:np.ndarray, ann:dict, rng) -> dict:
         "→ dict img (S,S,3) uint8/float32 BGR tensor, photo (9,) float32, gt_bboxes, gt_keypoints, gt_bboxes_ignore, meta."
@@ -145,10 +145,8 @@ def gpu_normalize_batch(batch:dict, # from `collate_hwc`
                         mean:float=MEAN, std:float=STD, fn=None, # fn: e.g. torch.compile(photometric_normalize_torch)
                        ) -> dict:
     "Copy a `collate_hwc` batch to `device` and replace `images` by the distorted, normalised (B, 3, S, S) tensor."
-    out = dict(batch)
-    if device is not None:
-        for k in ('images', 'photo', 'gt_boxes', 'gt_kps', 'gt_mask'):
-            if k in out and torch.is_tensor(out[k]): out[k] = out[k].to(device, non_blocking=True)
+    from scrfd_nb.data import batch_to
+    out = dict(batch) if device is None else batch_to(batch, device)
     fn = fn or photometric_normalize_torch
     out['images'] = fn(out['images'], out['photo'], mean, std, dtype, channels_last)
     return out
@@ -180,6 +178,7 @@ def collate_decoded(batch:list, # samples from a dataset whose pipeline is `Deco
                       flips=torch.tensor([b['flip'] for b in batch]), photo=torch.stack([b['photo'] for b in batch]),
                       out_size=int(batch[0]['size']))
 
+# %% ../nbs/20_gpu_augment.ipynb #d3c0de03
 def device_crop_resize(images:Tensor, # (sum h·w·3,) uint8 BGR images packed end to end, on the device
                        sizes, crops, flips, # (B, 2) (h, w), (B, 4) crop squares, (B,) bool: CPU tensors or lists
                        size:int=640, pad_value:float=PAD_VALUE,
@@ -203,10 +202,8 @@ def device_augment_batch(batch:dict, # from `collate_decoded`
                          dtype:torch.dtype=torch.float32, channels_last:bool=True,
                          mean:float=MEAN, std:float=STD, pad_value:float=PAD_VALUE) -> dict:
     "Copy a `collate_decoded` batch to `device`, crop/resize/flip there, then distort and normalise: `images` (B, 3, S, S)."
-    out = dict(batch)
-    if device is not None:
-        for k in ('images', 'photo', 'gt_boxes', 'gt_kps', 'gt_mask'):
-            if k in out and torch.is_tensor(out[k]): out[k] = out[k].to(device, non_blocking=True)
+    from scrfd_nb.data import batch_to
+    out = dict(batch) if device is None else batch_to(batch, device)
     bgr = device_crop_resize(out['images'], out['sizes'], out['crops'], out['flips'], size or out['out_size'], pad_value)
     out['images'] = photometric_normalize_torch(bgr, out['photo'], mean, std, dtype, channels_last)
     return out

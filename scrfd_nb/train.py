@@ -16,13 +16,13 @@ from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed
                               rng_state, set_rng_state, make_sgd, AMP_CHOICES)
 
 # %% auto #0
-__all__ = ['REF_BATCH', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'PHASES', 'LOSS_KEYS', 'lr_at',
-           'scaled_lr', 'Schedule', 'make_schedule', 'RunConfig', 'resolve_defaults', 'demo_note', 'EpochSampler',
-           'batches_per_epoch', 'SeededDataset', 'TaggedSampler', 'ckpt_name', 'list_checkpoints', 'save_atomic',
-           'prune_checkpoints', 'resolve_checkpoint', 'load_weights', 'init_from', 'Logger', 'read_metrics', 'fmt_eta',
-           'ap_summary', 'data_root', 'val_set', 'augment_on_device', 'train_set', 'compute_losses', 'keep_topk_logits',
-           'predict_images', 'val_items', 'evaluate', 'PhaseTimer', 'checkpoint_state', 'effective_config', 'train',
-           'add_train_args', 'run_config_from_args', 'main']
+__all__ = ['REF_BATCH', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'SYNTHETIC_DEFAULTS', 'CKPT_RE', 'AUGMENT_CHOICES', 'PHASES',
+           'LOSS_KEYS', 'lr_at', 'scaled_lr', 'Schedule', 'make_schedule', 'RunConfig', 'resolve_defaults', 'demo_note',
+           'EpochSampler', 'batches_per_epoch', 'SeededDataset', 'TaggedSampler', 'ckpt_name', 'list_checkpoints',
+           'save_atomic', 'prune_checkpoints', 'resolve_checkpoint', 'load_weights', 'init_from', 'Logger',
+           'read_metrics', 'fmt_eta', 'ap_summary', 'data_root', 'val_set', 'augment_on_device', 'train_set',
+           'compute_losses', 'keep_topk_logits', 'predict_images', 'val_items', 'evaluate', 'PhaseTimer',
+           'checkpoint_state', 'effective_config', 'train', 'add_train_args', 'run_config_from_args', 'main']
 
 # %% ../nbs/16_train.ipynb #c3ff7c58
 def lr_at(it:int,           # global iteration, 0-based
@@ -293,9 +293,8 @@ def _to(batch:dict, device, channels_last:bool) -> dict:
     if 'crops' in batch:
         from scrfd_nb.gpu_augment import device_augment_batch
         return device_augment_batch(batch, device, channels_last=channels_last)
-    out = dict(batch)
-    for k in ('images', 'gt_boxes', 'gt_kps', 'gt_mask'):
-        if k in out and torch.is_tensor(out[k]): out[k] = out[k].to(device, non_blocking=True)
+    from scrfd_nb.data import batch_to
+    out = batch_to(batch, device)
     if channels_last: out['images'] = out['images'].contiguous(memory_format=torch.channels_last)
     return out
 
@@ -324,10 +323,12 @@ def val_set(root:Path, name:str) -> dict|None:
                    if (p/'wider_face_val.mat').exists()), None)
     return dict(name=name, labelv2=root/'val'/'labelv2.txt', images=root/'val'/'images', gt_dir=gt_dir)
 
+AUGMENT_CHOICES = ('auto', 'cpu', 'device')
+
 def augment_on_device(cfg:RunConfig, rt:Runtime) -> bool:
-    "Whether the photometric distortion and normalisation run on the training device (`cfg.augment_on`)."
-    if cfg.augment_on not in ('auto', 'cpu', 'device'):
-        raise ValueError(f"--augment-on {cfg.augment_on!r}: expected 'auto', 'cpu' or 'device'")
+    "Whether the augmentation's pixel work (crop, resize, flip, photometric, normalise) runs on the training device."
+    if cfg.augment_on not in AUGMENT_CHOICES:
+        raise ValueError(f"--augment-on {cfg.augment_on!r}: expected one of {', '.join(AUGMENT_CHOICES)}")
     return rt.device.type != 'cpu' if cfg.augment_on == 'auto' else cfg.augment_on == 'device'
 
 def train_set(root:Path, mcfg,
@@ -499,8 +500,8 @@ def _train(cfg:RunConfig, rt:Runtime) -> dict:
     log("augmentation: loader workers decode and draw the random decisions; crop, resize, flip, photometric "
         f"distortion and normalisation batched on {rt.device}" if on_dev else "augmentation: all of it in the loader workers (float32, the reference's values)")
     if on_dev and rt.device.type == 'cpu':
-        log("note: --augment-on device with a CPU device runs the batched photometric step in this process, "
-            "much slower than the workers' OpenCV path (meant for accelerators)")
+        log("note: --augment-on device with a CPU device does the augmentation's pixel work in this process with "
+            "torch, much slower than the workers' OpenCV path (meant for accelerators)")
 
     # -- model and optimizer -------------------------------------------------------------------------------------
     from scrfd_nb.model import build_model
@@ -712,7 +713,7 @@ def add_train_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
             p.add_argument(flag, type=lambda s: tuple(int(x) for x in s.split(',')), default=d, help=h)
         elif f.name == 'amp': p.add_argument(flag, choices=AMP_CHOICES, default=d, help=h)
         elif f.name == 'device': p.add_argument(flag, choices=['auto', 'cpu', 'cuda', 'npu'], default=d, help=h)
-        elif f.name == 'augment_on': p.add_argument(flag, choices=['auto', 'cpu', 'device'], default=d, help=h)
+        elif f.name == 'augment_on': p.add_argument(flag, choices=AUGMENT_CHOICES, default=d, help=h)
         else:
             p.add_argument(flag, type=typ, default=d, help=h)
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
