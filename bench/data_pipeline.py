@@ -18,8 +18,9 @@ device's share costs when the device is this CPU (batch 8, one thread): a CPU-on
     python bench/data_pipeline.py [--n 60] [--rounds 3] [--loader-batches 20] [--big]
 Reference (ANCHORS.md, this machine kind, idle): 111.8 img/s per core (WIDER-size JPEGs), 40.6 with a
 3000x2171 photo as 1 of 3 samples; JPEG decode is 25 % of the reference's time on the WIDER-size images. The speed
-of this shared machine varies up to 3x over minutes, so besides the ratio to the absolute figure the table gives the
-ratio in units of this run's own decode time, which does not depend on the machine's speed.
+of this shared machine varies between runs (decode alone 232-353 img/s over six runs of one session), so besides the
+ratio to the absolute figure the table gives the ratio in units of this run's own decode time, which does not depend
+on the machine's speed.
 """
 import argparse, os, time, tempfile, statistics
 from pathlib import Path
