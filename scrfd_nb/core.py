@@ -4,12 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #2910272d
 from __future__ import annotations
-import os, json
+import argparse, math, os, json, sys, tempfile, traceback
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'KPS_COLORS', 'repo_root', 'shared_dir', 'shared_file', 'golden', 'bgr_to_input']
+__all__ = ['MEAN', 'STD', 'KPS_COLORS', 'CLI_ERRORS', 'UNIT', 'repo_root', 'shared_dir', 'shared_file', 'golden', 'bgr_to_input',
+           'UsageError', 'debug_requested', 'one_line', 'run_cli', 'in_range', 'same_path', 'check_output']
 
 # %% ../nbs/00_core.ipynb #1e060253
 def repo_root() -> Path:
@@ -55,3 +56,95 @@ def bgr_to_input(t, # (..., H, W, 3) BGR pixels: a torch tensor (uint8 or float)
                 ): # (..., 3, H, W) float32 RGB, (x - MEAN) / STD
     "BGR pixels → the network's normalised RGB channels-first input."
     return t.flip(-1).movedim(-1, -3).float().sub_(MEAN).div_(STD)
+
+# %% ../nbs/00_core.ipynb #4cf23dd3
+class UsageError(Exception):
+    "A bad command-line argument, or a missing input an argument names: `run_cli` prints one line and exits 2."
+
+CLI_ERRORS = (OSError, UnicodeDecodeError, ValueError, RuntimeError, ImportError)   # runtime failures: exit 1
+# (OSError covers FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+def debug_requested(argv=None) -> bool:
+    "`--debug` in `argv` or `SCRFD_DEBUG` set to anything but '' / '0'."
+    return '--debug' in (sys.argv[1:] if argv is None else argv) or os.environ.get('SCRFD_DEBUG', '') not in ('', '0')
+
+def one_line(msg) -> str:
+    "A message on one line: its first non-empty line, plus how many more there were."
+    lines = [l.strip() for l in str(msg).splitlines() if l.strip()] or ['(no message)']
+    return lines[0] + (f' (+{len(lines) - 1} more lines: rerun with --debug)' if len(lines) > 1 else '')
+
+# %% ../nbs/00_core.ipynb #7927af6e
+def run_cli(main,          # `main(argv)` of a command line; raises on errors, may return an int status
+            argv=None,     # arguments (default `sys.argv[1:]`); `--debug` is removed before `main` sees them
+            prog=None,     # prefix of the error line (`<prog>: error: ...`); None: just `error: ...`
+           ) -> int:       # the exit status for `sys.exit`
+    "Run `main(argv)`; a `UsageError` → one line + 2, a runtime failure (`CLI_ERRORS`) → one line + 1, Ctrl-C → 130."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != '--debug']
+    say = lambda m: print(f"{prog + ': ' if prog else ''}error: {one_line(m)}", file=sys.stderr, flush=True)
+    try: r = main(argv)
+    except SystemExit as e:                      # argparse (its own usage line + error line, status 2) or sys.exit
+        if e.code is None or isinstance(e.code, int): return e.code or 0
+        say(e.code); return 1
+    except KeyboardInterrupt:
+        if debug: traceback.print_exc()
+        print('interrupted', file=sys.stderr, flush=True); return 130
+    except UsageError as e:
+        if debug: traceback.print_exc()
+        say(e); return 2
+    except CLI_ERRORS as e:
+        if debug: traceback.print_exc()
+        say(e); return 1
+    return r if isinstance(r, int) and not isinstance(r, bool) else 0
+
+# %% ../nbs/00_core.ipynb #efc678ca
+def in_range(lo, hi=None, kind=float, lo_open:bool=False, hi_open:bool=False):
+    "An argparse `type=` accepting `kind(s)` in [lo, hi] (`lo_open`/`hi_open`: exclude the bound; `hi=None`: no upper bound)."
+    lb, rb = '(' if lo_open else '[', ')' if hi_open or hi is None else ']'
+    want = f"{'an integer' if kind is int else 'a number'} in {lb}{lo}, {'inf' if hi is None else hi}{rb}"
+    def parse(s:str):
+        try: v = kind(s)
+        except (TypeError, ValueError): raise argparse.ArgumentTypeError(f"{s!r} is not {want}") from None
+        ok = (isinstance(v, int) or math.isfinite(v)) and (v > lo if lo_open else v >= lo) and \
+             (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok: raise argparse.ArgumentTypeError(f"{s} is not {want}")
+        return v
+    return parse
+
+UNIT = in_range(0.0, 1.0)            # a score or IoU threshold
+
+# %% ../nbs/00_core.ipynb #5c372d3b
+def same_path(a, b) -> bool:
+    "Whether `a` and `b` name the same file (`os.path.samefile` when both exist, else resolved paths)."
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists(): return os.path.samefile(a, b)
+    except OSError: pass
+    return a.resolve() == b.resolve()
+
+def _probe(folder:Path, arg:str, p):
+    try: tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e: raise UsageError(f"{arg} {p}: cannot write in {folder} ({e.strerror or e})") from None
+
+def check_output(path,           # an output path given on the command line
+                 inputs=(),      # every input path of the command (files or folders); the output may be none of them
+                 arg:str='--out',# the argument's name, for the message
+                 folder:bool=False, # the output is a folder (created here if missing; its parent must exist)
+                ) -> Path:
+    "Raise `UsageError` unless `path` can be written without touching an input; returns it as a `Path`."
+    p = Path(path)
+    for i in inputs:
+        if i is not None and same_path(p, i): raise UsageError(f"{arg} {p} is also an input ({i}): refusing to overwrite it")
+    if folder:
+        if p.exists() and not p.is_dir(): raise UsageError(f"{arg} {p}: exists and is not a folder")
+        if not p.exists():
+            if not p.parent.is_dir(): raise UsageError(f"{arg} {p}: folder {p.parent} does not exist")
+            try: p.mkdir()
+            except OSError as e: raise UsageError(f"{arg} {p}: cannot create the folder ({e.strerror or e})") from None
+        _probe(p, arg, p)
+        return p
+    if p.is_dir(): raise UsageError(f"{arg} {p}: is a folder, expected a file name")
+    if not p.parent.is_dir(): raise UsageError(f"{arg} {p}: folder {p.parent} does not exist")
+    _probe(p.parent, arg, p)
+    return p
