@@ -13,7 +13,7 @@ from .config import SCRFDConfig, PRESETS, get_config, config_to_dict, config_fro
 from .backbones import build_backbone, num_params
 from .neck import build_neck
 from .head import build_head, Scale
-from .core import MEAN, STD, bgr_to_input
+from .core import MEAN, STD, bgr_to_input, one_line
 
 # %% auto #0
 __all__ = ['SCRFD', 'build_model', 'LoadReport', 'unwrap_state_dict', 'load_reference_state_dict', 'reference_state_dict',
@@ -54,7 +54,7 @@ class SCRFD(nn.Module):
         return model_loss(self, images, gt_bboxes, gt_keypoints, gt_bboxes_ignore)
 
     def detect(self, image_bgr, score_thr:float=0.5, nms_thr:float=0.4, input_size:int=640, **kw):
-        "Faces in a BGR image (or a list): `(boxes (N,4), scores (N,), kps (N,5,2)|None)`; see `scrfd_nb.detect.detect`."
+        "Faces in a BGR array, an image path or a `PIL.Image` (converted RGB → BGR), or a list of them: `(boxes (N,4), scores (N,), kps (N,5,2)|None)`; see `scrfd_nb.detect.detect`."
         from scrfd_nb.detect import detect
         return detect(self, image_bgr, score_thr=score_thr, nms_thr=nms_thr, input_size=input_size, **kw)
 
@@ -291,10 +291,28 @@ def infer_state_dict_variant(sd:dict) -> str:
     raise ValueError('no preset has exactly these keys and shapes; pass name= (and overrides)')
 
 def _numpy_safe_globals() -> list:
-    "numpy types allowed by `torch.load(weights_only=True)`: checkpoints may hold numpy RNG states and scalars."
+    "Plain types allowed by `torch.load(weights_only=True)`: numpy RNG states and scalars, `torch.__version__`, paths."
+    import pathlib
     core = getattr(np, '_core', None) or np.core
     return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype] + \
-           [type(np.dtype(t)) for t in ('bool', 'uint8', 'int32', 'int64', 'uint32', 'float32', 'float64')]
+           [type(np.dtype(t)) for t in ('bool', 'uint8', 'int32', 'int64', 'uint32', 'float32', 'float64')] + \
+           [torch.torch_version.TorchVersion, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+            pathlib.PureWindowsPath]   # older trainer checkpoints stored these: data, not code
+
+def _read_checkpoint(path:Path, weights_only:bool):
+    "The object in a `.npz` / torch file, or a one-line `RuntimeError` naming the file (corrupt, truncated, foreign)."
+    import re
+    try:
+        if path.suffix == '.npz':
+            with np.load(path) as z: return {k: z[k] for k in z.files}
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location='cpu', weights_only=weights_only)
+    except (IsADirectoryError, PermissionError) as e: raise type(e)(f'{path}: cannot read the checkpoint ({e.strerror})') from e
+    except Exception as e:
+        g = re.findall(r'Unsupported global: GLOBAL (\S+)', str(e))
+        if g: raise RuntimeError(f'{path}: cannot read it as a checkpoint: it stores a {g[0]} object, which the safe '
+                                 '(weights_only) loader refuses; pass weights_only=False only for a file you trust') from e
+        raise RuntimeError(f'{path}: cannot read it as a checkpoint ({one_line(e)}); corrupt or truncated?') from e
 
 def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmcv .pth, a .npz of arrays, or an .onnx
                name:str|None=None, # variant; inferred when None
@@ -303,17 +321,14 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
     "A model in eval mode with the weights in `path`."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'{path}: no such checkpoint')
-    if path.suffix == '.onnx': return load_onnx_model(path, name, **overrides)
-    if path.suffix == '.npz':
-        with np.load(path) as z: ck = {k: z[k] for k in z.files}
-    else:
-        try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                ck = torch.load(path, map_location='cpu', weights_only=weights_only)
+    if path.suffix == '.onnx':
+        try: layers = read_onnx_layers(path)
+        except (ValueError, NotImplementedError): raise
         except Exception as e:
-            raise RuntimeError(f'{path}: cannot read it as a torch checkpoint ({e}); for a trusted legacy pickle pass '
-                               'weights_only=False') from e
-    if not isinstance(ck, dict): raise ValueError(f'{path}: expected a dict checkpoint, got {type(ck).__name__}')
+            raise RuntimeError(f'{path}: cannot read it as an ONNX model ({one_line(e)}); corrupt or truncated?') from e
+        return load_onnx_weights(build_model(name or infer_onnx_variant(layers), **overrides), layers)
+    ck = _read_checkpoint(path, weights_only)
+    if not isinstance(ck, dict) or not ck: raise ValueError(f'{path}: expected a dict checkpoint, got {type(ck).__name__}')
     if 'model' in ck and 'config' in ck and name is None:
         model = SCRFD(config_from_dict(ck['config']))
         if overrides: model = SCRFD(get_config(model.cfg, **overrides))
