@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from .anchors import STRIDES, anchor_centers, feat_sizes_for, flatten_levels
 from .boxes import distance2bbox, distance2kps, batched_nms
-from .core import MEAN, STD, bgr_to_input
+from .core import MEAN, STD, bgr_to_input, UsageError, run_cli, in_range, UNIT, check_output, one_line
+from .transforms import read_image, ImageError
 
 # %% auto #0
 __all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs', 'postprocess',
@@ -178,14 +179,17 @@ def make_batch(images:list,   # resized (h_i, w_i, 3) uint8 BGR images
         x[i, :, :im.shape[0], :im.shape[1]] = bgr_to_input(t)
     return x
 
+def _is_pil(image) -> bool: return type(image).__module__.startswith('PIL.') and hasattr(image, 'convert')
+
 def to_bgr(image) -> np.ndarray:
-    "A path or an array (gray, BGR or BGRA) → (h, w, 3) uint8 BGR, with a clear error for unreadable files."
+    "A path, a `PIL.Image` (RGB order: converted) or an array (gray, BGR or BGRA) → (h, w, 3) uint8 BGR, with a clear error for unreadable files."
     if isinstance(image, (str, os.PathLike)):
         p = Path(image)
         if not p.is_file(): raise FileNotFoundError(f"image not found: {p}")
-        im = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if im is None: raise ValueError(f"cannot read image {p}: not an image file or corrupt")
-        return im
+        try: return read_image(p)              # the one reader: also rejects a truncated JPEG, as `data check` does
+        except ImageError as e:
+            raise ImageError(f"cannot read image {p}: {str(e).removeprefix(f'{p}: ')}") from None
+    if _is_pil(image): return np.ascontiguousarray(np.asarray(image.convert('RGB'))[..., ::-1])   # PIL is RGB
     im = np.asarray(image)
     if im.ndim == 2: im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
     elif im.ndim == 3 and im.shape[2] == 4: im = cv2.cvtColor(im, cv2.COLOR_BGRA2BGR)
@@ -285,17 +289,31 @@ def dets_to_json(boxes, scores, kps) -> list[dict]:
                  kps=None if kps is None else [[round(float(x), 3), round(float(y), 3)] for x, y in kps[i]])
             for i, (b, s) in enumerate(zip(boxes, scores))]
 
-def _fail(msg:str):
-    print(f'python -m scrfd_nb.detect: error: {msg}', file=sys.stderr)
-    raise SystemExit(2)
-
 def _list_images(path:Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        if not files: _fail(f'no images ({", ".join(IMAGE_EXTS)}) found in folder {path}')
+        if not files: raise UsageError(f'--image {path}: no images ({", ".join(IMAGE_EXTS)}) found in the folder')
         return files
-    if not path.exists(): _fail(f'image not found: {path}')
+    if not path.exists(): raise UsageError(f'--image: image not found: {path}')
     return [path]
+
+def _check_outputs(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
+    "Every output checked before any work: `{input file: drawn file}` (empty without --out); `UsageError` otherwise."
+    inputs = [weights, src, *files]
+    if a.json: check_output(a.json, inputs, '--json')
+    if not a.out: return {}
+    if a.json and Path(a.json).resolve() == Path(a.out).resolve(): raise UsageError(f'--out and --json are both {a.out}')
+    if not folder:
+        if Path(a.out).suffix.lower() not in IMAGE_EXTS:
+            raise UsageError(f'--out {a.out}: not an image file name (expected one of {", ".join(IMAGE_EXTS)})')
+        return {files[0]: check_output(a.out, inputs, '--out')}
+    out = check_output(a.out, [weights, *files], '--out', folder=True)
+    ids = {(s.st_dev, s.st_ino) for s in (f.stat() for f in files)}
+    dests = {f: out/f.relative_to(src) for f in files}
+    for f, t in dests.items():
+        if t.resolve() in {g.resolve() for g in files} or (t.exists() and (t.stat().st_dev, t.stat().st_ino) in ids):
+            raise UsageError(f'--out {out}: the drawn copy of {f} would overwrite an input image ({t})')
+    return dests
 
 def main(argv=None):
     "Command line: detect faces in an image or a folder of images."
@@ -304,37 +322,47 @@ def main(argv=None):
     ap.add_argument('--image', required=True, help='an image file or a folder of images')
     ap.add_argument('--out', help='write the image(s) with detections drawn here (a file, or a folder for a folder)')
     ap.add_argument('--json', help='write detections as JSON here')
-    ap.add_argument('--thr', type=float, default=0.5, help='score threshold (default 0.5; 0.02 for WIDER evaluation)')
-    ap.add_argument('--nms', type=float, default=0.4, help='NMS IoU threshold (default 0.4)')
-    ap.add_argument('--input-size', type=int, default=640, help='network input size (square, default 640)')
+    ap.add_argument('--thr', type=UNIT, default=0.5, help='score threshold in [0, 1] (default 0.5; 0.02 for WIDER evaluation)')
+    ap.add_argument('--nms', type=UNIT, default=0.4, help='NMS IoU threshold in [0, 1] (default 0.4)')
+    ap.add_argument('--input-size', type=in_range(32, None, int), default=640, help='network input size (square, >= 32, default 640)')
     ap.add_argument('--mode', choices=sorted(CONVENTIONS), default='insightface', help='decoder convention')
-    ap.add_argument('--max-num', type=int, default=0, help='keep at most this many faces per image (0: all)')
+    ap.add_argument('--max-num', type=in_range(0, None, int), default=0, help='keep at most this many faces per image (0: all)')
     ap.add_argument('--name', help='model variant, for weight files that do not say (e.g. scrfd_500m_bnkps)')
     ap.add_argument('--device', default='cpu', help='torch device (default cpu)')
+    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     weights, src = Path(a.weights), Path(a.image)
-    if not weights.is_file(): _fail(f'weights not found: {weights}')
-    files = _list_images(src)
+    if not weights.is_file(): raise UsageError(f'--weights: weights not found: {weights}')
+    files, folder = _list_images(src), src.is_dir()
+    dests = _check_outputs(a, weights, src, files, folder)
+    try: dev = torch.device(a.device)
+    except RuntimeError as e: raise UsageError(f'--device {a.device}: {one_line(e)}') from None
     from scrfd_nb.model import load_model
     try: model = load_model(weights, a.name)
-    except Exception as e: _fail(f'cannot load weights {weights}: {e}')
-    model = model.to(a.device).eval()
-    results, folder = {}, src.is_dir()
+    except Exception as e: raise RuntimeError(f'cannot load weights {weights}: {one_line(e).removeprefix(f"{weights}: ")}') from e
+    try: model = model.to(dev).eval()
+    except Exception as e: raise RuntimeError(f'--device {a.device}: {one_line(e)}') from e
+    results, failed = {}, []
     for f in files:
-        try: img = to_bgr(f)
-        except (FileNotFoundError, ValueError) as e: _fail(str(e))
-        boxes, scores, kps = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num)
         rel = f.relative_to(src).as_posix() if folder else f.name
+        try:
+            img = to_bgr(f)
+            boxes, scores, kps = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num)
+            if f in dests:
+                dests[f].parent.mkdir(parents=True, exist_ok=True)
+                if not cv2.imwrite(str(dests[f]), draw_detections(img, boxes, scores, kps)):
+                    raise OSError(f'cannot write image {dests[f]}')
+        except (OSError, ValueError, RuntimeError, cv2.error) as e:   # a bad file: note it, go on with the others
+            failed.append(one_line(e)); print(f'{rel}: skipped ({one_line(e)})', flush=True); continue
         results[rel] = dets_to_json(boxes, scores, kps)
-        print(f'{rel}: {len(boxes)} face{"s" * (len(boxes) != 1)}')
-        if a.out:
-            dest = Path(a.out) / rel if folder else Path(a.out)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(dest), draw_detections(img, boxes, scores, kps)): _fail(f'cannot write image {dest}')
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        print(f'{rel}: {len(boxes)} face{"s" * (len(boxes) != 1)}', flush=True)
+    if a.json and results:
         Path(a.json).write_text(json.dumps(results if folder else results[files[0].name], indent=1))
+    if failed and not results: raise UsageError(f'--image {src}: no readable image: ' + '; '.join(failed))
+    if failed:
+        raise RuntimeError(f'{len(failed)} of {len(files)} images failed (the other {len(results)} were written): '
+                           + '; '.join(failed))
     return results
 
 # %% ../nbs/08_detect.ipynb #47f67467
-if __name__ == '__main__' and '__file__' in globals(): main()
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))
