@@ -11,6 +11,7 @@ import numpy as np
 import cv2
 import torch
 from .transforms import TrainPipeline, read_image, ImageError
+from .core import UsageError, run_cli, in_range
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
@@ -53,7 +54,7 @@ def _read_blocks(path):
     "Yield (name, width, height, header line no, [(line no, text), ...]) per image header, like the reference's dict."
     blocks = {}
     name = None
-    with open(path, 'r', encoding='utf-8') as f:
+    with open(path, 'r', encoding='utf-8-sig') as f:   # -sig: a byte-order mark (Windows editors) is not part of line 1
         for no, line in enumerate(f, 1):
             line = line.strip()
             if not line: continue
@@ -89,6 +90,7 @@ def parse_labelv2(path, # labelv2.txt
                 where = f"{path}:{no}"
                 try: vals = [float(x) for x in text.split()]
                 except ValueError: raise LabelError(f"{where}: non-numeric value in {text!r}") from None
+                if not all(map(math.isfinite, vals)): raise LabelError(f"{where}: non-finite value (nan or inf) in {text!r}")
                 box, kps, ignore = _parse_face(vals, mode, min_size, where)
                 if ignore: ign.append(box)
                 else: boxes.append(box); kpss.append(kps)
@@ -176,6 +178,15 @@ def _check_face(rep, no, vals, w, h, mode, stats):
     size = math.sqrt((x2 - x1) * (y2 - y1))
     stats['hist'][_size_label(int(np.searchsorted(SIZE_BINS, size, 'right')) - 1)] += 1
 
+def _decoded_lines(path, rep) -> list[str]:
+    "The lines of a text file (universal newlines, a byte-order mark dropped); not UTF-8: one error naming line and byte, no lines."
+    data = Path(path).read_bytes()
+    try: text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        rep.error(data[:e.start].count(b'\n') + 1, f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} ({e.reason})")
+        return []
+    return text.replace('\r\n', '\n').replace('\r', '\n').split('\n')
+
 def check_labelv2(path, # labelv2.txt
                   images=None, # folder the header paths are relative to (checks files and sizes when given)
                   mode:str='any', # 'train': 4-value lines are errors; 'test'/'any': allowed
@@ -198,30 +209,30 @@ def check_labelv2(path, # labelv2.txt
             except ImageError as e: rep.error(hno, f"unreadable image: {e}"); return
             if w is not None and (im.shape[1], im.shape[0]) != (w, h):
                 rep.error(hno, f"size mismatch: header says {w}x{h}, {f} is {im.shape[1]}x{im.shape[0]}")
-    try: fh = open(path, 'r', encoding='utf-8')
+    try: lines = _decoded_lines(path, rep)
     except OSError as e:
         rep.error(0, f"cannot open: {e}"); rep.summary = dict(images=0); return rep
-    with fh:
-        for no, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line: continue
-            if line.startswith('#'):
-                close(cur); cur = None; nimg += 1
-                v = line[1:].strip().split()
-                if len(v) != 3: rep.error(no, f"bad header: expected `# <path> <width> <height>`, got {line!r}"); cur = (v[0] if v else '?', None, None, no, 0); continue
-                try: w, h = int(v[1]), int(v[2])
-                except ValueError: rep.error(no, f"bad header: width/height must be integers, got {line!r}"); cur = (v[0], None, None, no, 0); continue
-                if w <= 0 or h <= 0: rep.error(no, f"bad header: non-positive size {w}x{h}"); w = h = None
-                if v[0] in seen: rep.error(no, f"repeated header: {v[0]} already listed at line {seen[v[0]]} (the reference keeps only the last block)")
-                seen[v[0]] = no
-                cur = (v[0], w, h, no, 0); continue
-            if cur is None: rep.error(no, "face line before the first `# path w h` header"); continue
-            cur = cur[:4] + (cur[4] + 1,)
-            try: vals = [float(x) for x in line.split()]
-            except ValueError: rep.error(no, f"non-numeric: {line!r}"); continue
-            if cur[1] is None: continue
-            _check_face(rep, no, vals, cur[1], cur[2], mode, stats)
-        close(cur)
+    if not any(l.strip() for l in lines) and rep.ok: rep.error(0, "empty file: no `# <path> <width> <height>` header")
+    for no, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line: continue
+        if line.startswith('#'):
+            close(cur); cur = None; nimg += 1
+            v = line[1:].strip().split()
+            if len(v) != 3: rep.error(no, f"bad header: expected `# <path> <width> <height>`, got {line!r}"); cur = (v[0] if v else '?', None, None, no, 0); continue
+            try: w, h = int(v[1]), int(v[2])
+            except ValueError: rep.error(no, f"bad header: width/height must be integers, got {line!r}"); cur = (v[0], None, None, no, 0); continue
+            if w <= 0 or h <= 0: rep.error(no, f"bad header: non-positive size {w}x{h}"); w = h = None
+            if v[0] in seen: rep.error(no, f"repeated header: {v[0]} already listed at line {seen[v[0]]} (the reference keeps only the last block)")
+            seen[v[0]] = no
+            cur = (v[0], w, h, no, 0); continue
+        if cur is None: rep.error(no, "face line before the first `# path w h` header"); continue
+        cur = cur[:4] + (cur[4] + 1,)
+        try: vals = [float(x) for x in line.split()]
+        except ValueError: rep.error(no, f"non-numeric: {line!r}"); continue
+        if cur[1] is None: continue
+        _check_face(rep, no, vals, cur[1], cur[2], mode, stats)
+    close(cur)
     if stats['partly_outside']: rep.warn(0, f"{stats['partly_outside']} boxes stick out of their image by a little (kept)")
     hist = {_size_label(i): stats['hist'].get(_size_label(i), 0) for i in range(len(SIZE_BINS))}
     rep.summary = dict(images=nimg, faces=stats['faces'], ignore_boxes=stats['ignore_boxes'],
@@ -454,12 +465,17 @@ def main(argv=None) -> int:
     c.add_argument('labelv2', help='labelv2.txt to check')
     c.add_argument('--images', default=None, help='image folder the header paths are relative to (checks files and sizes)')
     c.add_argument('--mode', default='any', choices=['any', 'train', 'test'], help="'train': 4-value lines are errors")
-    c.add_argument('--max-warnings', type=int, default=20, help='warnings printed (all are counted)')
+    c.add_argument('--max-warnings', type=in_range(0, None, int), default=20, help='warnings printed (all are counted)')
+    c.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     sub.add_parser('synthetic', help='write the synthetic dataset (options: python -m scrfd_nb.synthetic --help)')
     a = ap.parse_args(argv)
+    if not Path(a.labelv2).is_file(): raise UsageError(f"labelv2 {a.labelv2}: no such file")
+    if a.images is not None and not Path(a.images).is_dir(): raise UsageError(f"--images {a.images}: no such folder")
     rep = check_labelv2(a.labelv2, a.images, a.mode)
+    bad = [e for e in rep.errors if e[2].startswith('not UTF-8 text')]
+    if bad: raise ValueError(f"{bad[0][0]}:{bad[0][1]}: {bad[0][2]}; save the file as UTF-8")   # one line, nothing else read
     print(rep.format(a.max_warnings))
     return 0 if rep.ok else 1
 
 # %% ../nbs/11_data.ipynb #9940d4d8
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))
