@@ -4,10 +4,11 @@
 
 # %% ../nbs/14_evaluate.ipynb #8799fde0
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, math, sys
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+from .core import UsageError, run_cli, in_range, check_output, one_line
 
 # %% auto #0
 __all__ = ['SETTINGS', 'WiderGT', 'load_gt_mat', 'load_gt_labelv2', 'load_gt', 'write_pred_dir', 'read_pred_dir', 'wider_iou',
@@ -41,8 +42,13 @@ def load_gt_mat(gt_dir) -> WiderGT:
             raise FileNotFoundError(f"{f} is missing (a WIDER FACE ground-truth folder holds {', '.join(p.name for p in files)})")
     try: from scipy.io import loadmat  # only the .mat ground truth needs scipy
     except ImportError: raise ImportError("reading the WIDER FACE .mat ground truth needs scipy: pip install scipy") from None
-    m = loadmat(files[0], variable_names=['face_bbx_list', 'event_list', 'file_list'])
-    gls = [loadmat(f, variable_names=['gt_list'])['gt_list'] for f in files[1:]]
+    def read(f, names):
+        try: m = loadmat(f, variable_names=names)
+        except Exception as e: raise ValueError(f"{f}: cannot read it as a MATLAB .mat file ({one_line(e)})") from None
+        if any(n not in m for n in names): raise ValueError(f"{f}: not WIDER FACE ground truth (no {', '.join(names)})")
+        return m
+    m = read(files[0], ['face_bbx_list', 'event_list', 'file_list'])
+    gls = [read(f, ['gt_list'])['gt_list'] for f in files[1:]]
     events, names, boxes, nbox, keeps, counts = [], [], [], [], [], []
     for i in range(len(m['event_list'])):
         ev, fl, bl = str(m['event_list'][i][0][0]), m['file_list'][i][0], m['face_bbx_list'][i][0]
@@ -60,6 +66,14 @@ def load_gt_mat(gt_dir) -> WiderGT:
                    np.concatenate(keeps), np.array(counts, dtype=np.int64).reshape(-1, 3))
 
 # %% ../nbs/14_evaluate.ipynb #0e6e6f7c
+def _text(path:Path) -> str:
+    "A text file's content (a UTF-8 byte-order mark dropped), or a `ValueError` naming the file, line and byte when it is not UTF-8."
+    data = Path(path).read_bytes()
+    try: return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{data[:e.start].count(chr(10).encode()) + 1}: not UTF-8 text "
+                         f"(byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
 def _split_image_path(p:str) -> tuple:
     "'0--Parade/0_Parade_x.jpg' -> ('0--Parade', '0_Parade_x')."
     p = Path(p.strip())
@@ -70,7 +84,7 @@ def load_gt_labelv2(path) -> WiderGT:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such labelv2 file")
     events, names, boxes, keeps = [], [], [], []
-    for ln, line in enumerate(path.read_text().splitlines(), 1):
+    for ln, line in enumerate(_text(path).splitlines(), 1):
         s = line.strip()
         if not s: continue
         if s.startswith('#'):
@@ -82,6 +96,7 @@ def load_gt_labelv2(path) -> WiderGT:
         if not names: raise ValueError(f"{path}:{ln}: face line before the first '# <image path>' line")
         try: v = [float(x) for x in s.split()]
         except ValueError: raise ValueError(f"{path}:{ln}: expected numbers, got {s!r}") from None
+        if not all(map(math.isfinite, v)): raise ValueError(f"{path}:{ln}: non-finite value (nan or inf) in {s!r}")
         if len(v) not in (4, 5, 19): raise ValueError(f"{path}:{ln}: expected 4, 5 or 19 values, got {len(v)}")
         boxes[-1].append([v[0], v[1], v[2] - v[0], v[3] - v[1]])
         keeps[-1].append(not (len(v) == 5 and v[4] == 1))
@@ -117,7 +132,7 @@ def write_pred_dir(preds:dict, # preds[event][name] = (n, 5) [x, y, w, h, score]
 
 def _read_pred_file(f:Path, dtype) -> tuple:
     "One WIDER result file -> (image name without extension, (n, 5) array)."
-    lines = f.read_text().splitlines()
+    lines = _text(f).splitlines()
     if len(lines) < 2: raise ValueError(f"{f}: expected an image-name line and a count line, got {len(lines)} line(s)")
     name = Path(lines[0].strip()).stem or f.stem
     try: n = int(lines[1].strip())
@@ -128,6 +143,7 @@ def _read_pred_file(f:Path, dtype) -> tuple:
         try: v = [float(x) for x in line.split()]
         except ValueError: raise ValueError(f"{f}:{ln}: expected 5 numbers 'x y w h score', got {line!r}") from None
         if len(v) != 5: raise ValueError(f"{f}:{ln}: expected 5 numbers 'x y w h score', got {len(v)}")
+        if not all(map(math.isfinite, v)): raise ValueError(f"{f}:{ln}: non-finite value (nan or inf) in {line.strip()!r}")
         rows.append(v)
     if len(rows) != n: raise ValueError(f"{f}:2: the count line says {n} boxes but {len(rows)} box lines follow")
     return name, np.array(rows, dtype=dtype).reshape(-1, 5)
@@ -239,6 +255,12 @@ def norm_scores(preds:dict) -> dict:
 def flatten_preds(preds:dict, gt:WiderGT, missing:str='error') -> tuple:
     "Normalise scores and line predictions up with `gt`'s images: (rows (N, 5), offsets (n_img+1,) int64)."
     if missing not in ('error', 'empty'): raise ValueError(f"missing must be 'error' or 'empty', not {missing!r}")
+    for ev, imgs in preds.items():            # one nan score would silently turn every normalised score into nan
+        for nm, v in imgs.items():
+            v = np.asarray(v)
+            if v.dtype.kind in 'fc' and not np.isfinite(v).all():
+                raise ValueError(f"predictions of {ev}/{nm}: non-finite value (nan or inf) in row "
+                                 f"{int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(1))[0])}")
     preds = norm_scores(preds)
     rows, miss = [], []
     for ev, nm in zip(gt.events, gt.names):
@@ -389,24 +411,26 @@ def main(argv=None):
     ap.add_argument('--gt', required=True, help='folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat, or a labelv2 file')
     ap.add_argument('--json', help='write {"easy": ap, "medium": ap, "hard": ap} there')
     ap.add_argument('--plot', help='save the precision-recall figure there (.png, .pdf, ...)')
-    ap.add_argument('--iou', type=float, default=0.5, help='IoU threshold (default 0.5)')
+    ap.add_argument('--iou', type=in_range(0, 1, lo_open=True), default=0.5, help='IoU threshold in (0, 1] (default 0.5)')
     ap.add_argument('--allow-missing', action='store_true', help='images without a result file count as having no detections')
+    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
+    inputs = [a.pred, a.gt, *(Path(a.pred).glob('*/*.txt') if Path(a.pred).is_dir() else [])]
+    for o, arg in [(a.json, '--json'), (a.plot, '--plot')]:       # before the work, never over an input
+        if o: check_output(o, inputs, arg)
+    if a.json and a.plot and Path(a.json).resolve() == Path(a.plot).resolve(): raise UsageError(f"--json and --plot are both {a.json}")
     try:
         res = evaluate_widerface(a.pred, a.gt, a.iou, missing='empty' if a.allow_missing else 'error')
-    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-        sys.exit(f"error: {e.args[0] if isinstance(e, KeyError) else e}")
+    except KeyError as e: raise ValueError(e.args[0]) from None     # missing images: the message says --allow-missing
     print('==================== Results ====================')
     for s in SETTINGS: print(f"{s.capitalize():6s} Val AP: {res[s]:.6f}")
     print('=================================================')
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({s: res[s] for s in SETTINGS}, indent=1) + '\n')
     if a.plot:
         import matplotlib; matplotlib.use('Agg')
-        Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_pr(res, path=a.plot)
     return res
 
 # %% ../nbs/14_evaluate.ipynb #32952407
-if __name__ == '__main__' and '__file__' in globals(): main()
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))
