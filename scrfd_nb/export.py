@@ -4,12 +4,13 @@
 
 # %% ../nbs/19_export.ipynb #cea30be6
 from __future__ import annotations
-import argparse, copy, warnings
+import argparse, copy, sys, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
 from .anchors import STRIDES, flatten_level
+from .core import UsageError, run_cli, in_range, check_output, one_line
 
 # %% auto #0
 __all__ = ['conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'simplify_onnx', 'export_onnx', 'onnx_session',
@@ -234,25 +235,29 @@ def main(argv=None):
     ap.add_argument('--weights', help="our checkpoint, a reference .pth, or an .onnx (omit with --config: random init)")
     ap.add_argument('--out', help="output .onnx (default: <config>[_shape<H>x<W>].onnx)")
     ap.add_argument('--config', help="variant name, e.g. scrfd_2.5g_bnkps")
-    ap.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'), help="fixed input size (dynamic without it)")
-    ap.add_argument('--batch-size', type=int, default=1, help="batch of a fixed-shape export")
+    ap.add_argument('--shape', type=in_range(32, None, int), nargs=2, metavar=('H', 'W'), help="fixed input size (dynamic without it)")
+    ap.add_argument('--batch-size', type=in_range(1, None, int), default=1, help="batch of a fixed-shape export")
     ap.add_argument('--dynamic', action='store_true', help="dynamic axes even with --shape")
     ap.add_argument('--legacy', action='store_true', help="older model-zoo layout: 2-D (rows, C) outputs, batch 1")
     ap.add_argument('--simplify', action='store_true', help="run onnx-simplifier (needs the onnxsim package)")
-    ap.add_argument('--opset', type=int, default=11)
+    ap.add_argument('--opset', type=in_range(11, None, int), default=11)
     ap.add_argument('--no-fuse', action='store_true', help="keep BatchNorm layers")
     ap.add_argument('--no-check', action='store_true', help="skip the onnxruntime comparison")
+    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     if a.weights is None and a.config is None: ap.error("give --weights, or --config to export a randomly initialised model")
     if a.weights is not None and not Path(a.weights).is_file(): ap.error(f"--weights {a.weights}: no such file")
     if a.simplify:
         try: _import_onnxsim()
         except ImportError: ap.error("--simplify needs onnx-simplifier: pip install onnxsim (or export without --simplify)")
+    if a.out: check_output(a.out, [a.weights], '--out')                # before loading: never over the weights
     from scrfd_nb.model import build_model, load_model
-    model = load_model(a.weights, a.config) if a.weights else build_model(a.config).eval()
+    try: model = load_model(a.weights, a.config) if a.weights else build_model(a.config).eval()
+    except KeyError as e: raise UsageError(f"--config {a.config}: {e.args[0]}") from None
     dynamic = a.dynamic or a.shape is None
     shape = tuple(a.shape) if a.shape else (640, 640)
     out = a.out or f"{model.cfg.name}{'' if a.shape is None else f'_shape{shape[0]}x{shape[1]}'}.onnx"
+    check_output(out, [a.weights], '--out')
     path = export_onnx(model, out, shape, a.batch_size, dynamic, a.legacy, a.opset, not a.no_fuse, a.simplify)
     print(f"wrote {path} ({model.cfg.name}, {'dynamic' if dynamic else 'fixed'} {shape[0]}x{shape[1]}, "
           f"batch {'dynamic' if dynamic and not a.legacy else a.batch_size}, {'legacy 2-D' if a.legacy else '3-D'} outputs)")
@@ -263,4 +268,4 @@ def main(argv=None):
     return path
 
 # %% ../nbs/19_export.ipynb #ef988e3c
-if __name__ == '__main__' and '__file__' in globals(): main()
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))

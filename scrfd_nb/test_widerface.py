@@ -12,6 +12,8 @@ import torch
 from .anchors import STRIDES, feat_sizes_for
 from .detect import mmdet_resize, make_batch, postprocess_flat
 from .export import ExportWrapper, onnx_session, run_onnx
+from .transforms import read_image, ImageError
+from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line
 
 # %% auto #0
 __all__ = ['test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner', 'load_runner', 'to_xywh',
@@ -110,8 +112,8 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self): return len(self.items)
     def __getitem__(self, i):
         event, name, path = self.items[i]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None: raise ValueError(f"{path}: not a readable image")
+        try: img = read_image(path)          # the reader of `data check`: a truncated JPEG is an error too
+        except ImageError as e: return None, dict(event=event, name=name, path=path, error=str(e))
         resized, meta = resize_for_test(img, self.mode)
         return resized, dict(meta, event=event, name=name)
 
@@ -153,6 +155,7 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
                       items:list,             # [(event, name, path)] from `list_images`
                       mode:int=0, score_thr:float=0.02, nms_thr:float=0.45,
                       batch_size:int=1, workers:int=0, progress:bool=True,
+                      failed:list|None=None,  # given: unreadable images go here as (path, message) and the run goes on
                      ) -> dict:               # preds[event][name] = (n, 5) float32 x, y, w, h, score
     "Detections for every image with the reference test protocol, batched over images of equal padded shape."
     loader = torch.utils.data.DataLoader(_Images(items, mode), batch_size=batch_size, num_workers=workers,
@@ -162,7 +165,11 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
     preds = {}
     for batch in loader:
         groups = {}
-        for img, meta in batch: groups.setdefault(meta['pad_hw'], []).append((img, meta))
+        for img, meta in batch:
+            if img is None:
+                if failed is None: raise ValueError(meta['error'])
+                failed.append((meta['path'], meta['error'])); continue
+            groups.setdefault(meta['pad_hw'], []).append((img, meta))
         for pad_hw, group in groups.items():
             metas = [m for _, m in group]
             x = make_batch([im for im, _ in group], pad_hw, 0.0, dev)     # mmdet pads with 0 after normalising
@@ -206,21 +213,28 @@ def score_preds(preds:dict, gt) -> dict:
 # %% ../nbs/18_test_widerface.ipynb #23763bb2
 def run_test(weights, data_path, out, mode:int=0, thr:float=0.02, nms_thr:float=0.45, batch_size:int=1,
              workers:int=0, device='cpu', config=None, gt=None, backend='torch', json_path=None, progress=True) -> dict:
-    "Predict, write the WIDER result files to `out`, and return `{'preds', 'aps'}` (`aps` None without ground truth)."
-    from scrfd_nb.evaluate import write_pred_dir
-    images_dir, labelv2, gt_dir = wider_split(data_path)
+    "Check every input, predict, write the WIDER result files to `out`; `{'preds', 'aps', 'failed'}` (`aps` None without ground truth, `failed` the unreadable images)."
+    from scrfd_nb.evaluate import write_pred_dir, load_gt
+    images_dir, labelv2, gt_dir = wider_split(data_path)             # every input before the long pass
     items = list_images(images_dir, labelv2)
+    gt = gt or gt_dir or labelv2
+    gt = load_gt(gt) if gt is not None else None                     # a bad --gt fails now, not after an hour
     runner = load_runner(weights, config, device, backend)
-    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress)
+    failed = []
+    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress, failed)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     write_pred_dir(preds, out)
-    gt = gt or gt_dir or labelv2
     aps = None
     if gt is not None:
         aps = score_preds(preds, gt)
         (out/'aps').write_text(f"{aps['easy']:f},{aps['medium']:f},{aps['hard']:f}\n")   # as the reference
         if json_path: Path(json_path).write_text(json.dumps(aps))
-    return dict(preds=preds, aps=aps)
+    return dict(preds=preds, aps=aps, failed=failed)
+
+def _mode_arg(s:str) -> int:
+    "`--mode` at parse time: 0, 1, 2 or a size > 30."
+    try: m = int(s); test_sizes(m); return m
+    except ValueError: raise argparse.ArgumentTypeError(f"{s}: expected 0 (640), 1 (1100x1650), 2 (original size) or a size > 30") from None
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog='python -m scrfd_nb.test_widerface', description=
@@ -229,11 +243,11 @@ def main(argv=None):
     ap.add_argument('--weights', required=True, help="our checkpoint, a reference .pth, or an official/our .onnx")
     ap.add_argument('--data-path', required=True, help="WIDER root, its val/ folder, or an images folder (<event>/<name>.jpg)")
     ap.add_argument('--out', default='wout', help="folder for the <event>/<name>.txt result files")
-    ap.add_argument('--mode', type=int, default=0, help="0: 640 with pad; 1: 1100x1650; 2: original size; N>30: NxN")
-    ap.add_argument('--thr', type=float, default=0.02, help="score threshold (strict >)")
-    ap.add_argument('--nms-thr', type=float, default=0.45)
-    ap.add_argument('--batch-size', type=int, default=1)
-    ap.add_argument('--workers', type=int, default=0, help="DataLoader workers reading and resizing images")
+    ap.add_argument('--mode', type=_mode_arg, default=0, help="0: 640 with pad; 1: 1100x1650; 2: original size; N>30: NxN")
+    ap.add_argument('--thr', type=UNIT, default=0.02, help="score threshold in [0, 1] (strict >)")
+    ap.add_argument('--nms-thr', type=UNIT, default=0.45, help="NMS IoU threshold in [0, 1]")
+    ap.add_argument('--batch-size', type=in_range(1, None, int), default=1)
+    ap.add_argument('--workers', type=in_range(0, None, int), default=0, help="DataLoader workers reading and resizing images")
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")
     ap.add_argument('--config', default=None, help="variant name when the weights do not say it (e.g. scrfd_2.5g)")
     ap.add_argument('--gt', default=None, help="ground truth: folder of wider_*_val.mat or a labelv2 file with boxes")
@@ -241,16 +255,26 @@ def main(argv=None):
                     help="torch: load the weights into our model; onnxruntime: run an .onnx file as is")
     ap.add_argument('--json', default=None, help="also write the APs as JSON")
     ap.add_argument('--no-progress', action='store_true')
+    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     if not Path(a.weights).is_file(): ap.error(f"--weights {a.weights}: no such file")
+    if not Path(a.data_path).is_dir(): raise UsageError(f"--data-path {a.data_path}: no such folder")
+    if a.gt is not None and not Path(a.gt).exists(): raise UsageError(f"--gt {a.gt}: no such folder or labelv2 file")
+    inputs = [a.weights, a.data_path, a.gt]
+    check_output(a.out, inputs, '--out', folder=True)
+    if a.json: check_output(a.json, inputs, '--json')
     from scrfd_nb.runtime import pick_device
-    dev = pick_device(a.device) if a.backend == 'torch' else 'cpu'
+    try: dev = pick_device(a.device) if a.backend == 'torch' else 'cpu'
+    except Exception as e: raise UsageError(f"--device {a.device}: {one_line(e)}") from None
     r = run_test(a.weights, a.data_path, a.out, a.mode, a.thr, a.nms_thr, a.batch_size, a.workers, dev, a.config,
                  a.gt, a.backend, a.json, not a.no_progress)
     n = sum(len(v) for v in r['preds'].values())
     print(f"wrote {n} result files to {a.out}")
     if r['aps']: print('APS: easy {easy:.4f}  medium {medium:.4f}  hard {hard:.4f}'.format(**r['aps']))
+    if r['failed']:
+        raise RuntimeError(f"{len(r['failed'])} images could not be read (the results of the other {n} are written"
+                           f"{', scored as no detections' if r['aps'] else ''}): " + '; '.join(m for _, m in r['failed']))
     return r
 
 # %% ../nbs/18_test_widerface.ipynb #d8004289
-if __name__ == '__main__' and '__file__' in globals(): main()
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))
