@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields, replace, is_dataclass, asdict
 
 # %% auto #0
 __all__ = ['PRESETS', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg', 'TrainCfg',
-           'SCRFDConfig', 'apply_overrides', 'get_config', 'config_overrides', 'config_to_dict', 'config_from_dict']
+           'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'config_overrides',
+           'config_to_dict', 'config_from_dict']
 
 # %% ../nbs/01_config.ipynb #31defda8
 @dataclass(frozen=True)
@@ -95,21 +96,33 @@ class DataCfg:
 
 @dataclass(frozen=True)
 class TrainCfg:
-    "SGD step schedule (spec §1.1/§1.2). `batch_size` and `lr` are per device / for the reference 4-GPU run."
-    lr:float=0.01
+    "The reference recipe (spec §1.1/§1.2): SGD, linear warmup, step decay; what differs between variants."
+    lr:float=0.01                   # lr at the reference global batch `ref_batch` (scaled linearly to this run's batch)
+    ref_batch:int=32                # global batch the reference lr belongs to: 4 GPUs x samples_per_gpu
     batch_size:int=8                # images per device
-    workers:int=2                   # loader workers per device
-    epochs:int=640
-    warmup_iters:int=1500
-    warmup_ratio:float=0.001
-    lr_steps:tuple=(440, 544)       # epochs at which lr *= gamma
-    gamma:float=0.1
-    momentum:float=0.9
-    weight_decay:float=5e-4
+    workers:int=2                   # data loader workers per device
+    epochs:int=640                  # training epochs
+    warmup_iters:int=1500           # linear warmup iterations (at most a tenth of the run)
+    warmup_ratio:float=0.001        # warmup starts at this fraction of the lr
+    lr_steps:tuple=(440, 544)       # epochs at which lr *= gamma (a run of other length keeps their fractions of it)
+    gamma:float=0.1                 # lr factor at each step
+    momentum:float=0.9              # SGD momentum
+    weight_decay:float=5e-4         # SGD weight decay, on every parameter (BN and biases included)
     bbox_clip_border:bool=True      # crop/resize clip boxes and keypoints to the patch
-    ckpt_interval:int=80            # epochs
-    eval_interval:int=80            # epochs
-    num_gpus:int=4                  # the README's reference run (global batch 32 at lr 0.01)
+    ckpt_interval:int=80            # epochs between checkpoints (0: only the final one)
+    eval_interval:int=80            # epochs between evaluations (0: never)
+
+# %% ../nbs/01_config.ipynb #e4bf2129
+def field_docs(cls) -> dict:
+    "The comment after each field of dataclass `cls` in its source (`{name: comment}`): help texts come from the fields themselves."
+    import inspect, re as _re
+    try: lines, _ = inspect.getsourcelines(cls)
+    except (OSError, TypeError): return {}
+    out = {}
+    for l in lines:
+        m = _re.match(r'\s+(\w+)\s*:[^#]*#\s*(.*\S)', l)
+        if m and m[1] in {f.name for f in fields(cls)}: out.setdefault(m[1], m[2])
+    return out
 
 # %% ../nbs/01_config.ipynb #50cabe79
 def _fmt(obj, indent=0) -> str:
@@ -160,7 +173,7 @@ PRESETS: dict[str, SCRFDConfig] = {c.name: c for c in [
     # released variants (spec §1.1)
     _cfg('scrfd_500m', _MB500, 16, _head(64, 2, 'gn', 16, dw=True), workers=3),
     _cfg('scrfd_500m_bnkps', _MB500, 16, _head(64, 2, 'bn', share=False, dw=True, scale_mode=0, kps=True),
-         batch_size=16, workers=4),
+         batch_size=16, ref_batch=64, workers=4),
     _cfg('scrfd_1g', _MB1G, 24, _head(96, 2, 'gn', 8, dw=True), ckpt_interval=320, eval_interval=160),
     _cfg('scrfd_2.5g', _R25, 24, _head(64, 2, 'gn', 16), bbox_clip_border=False, ckpt_interval=640),
     _cfg('scrfd_2.5g_bnkps', _R25, 24, _head(64, 2, 'bn', share=False, kps=True), bbox_clip_border=False),
@@ -214,18 +227,18 @@ def _set(obj, path:list, value, full:str):
         return replace(obj, **{path[0]: value})
     return replace(obj, **{path[0]: _coerce(old, value, full)})
 
+def config_key(cfg:SCRFDConfig, key:str) -> str:
+    "The dotted path of `key` (dotted already, or a unique bare field name such as 'lr' → 'train.lr')."
+    if '.' in key or key in {f.name for f in fields(cfg)}: return key
+    ps = _leaf_paths(cfg).get(key)
+    if not ps: raise KeyError(f"unknown config key {key!r} (sections: {[f.name for f in fields(cfg)]}; "
+                              "use a dotted key such as 'train.lr')")
+    if len(ps) > 1: raise KeyError(f"ambiguous config key {key!r}: use one of {ps}")
+    return ps[0]
+
 def apply_overrides(cfg:SCRFDConfig, **overrides) -> SCRFDConfig:
     "A copy of `cfg` with fields replaced (dotted, nested dict/dataclass, or unique bare field names)."
-    leaves = _leaf_paths(cfg)
-    for key, value in overrides.items():
-        path = key.split('.')
-        if len(path) == 1 and key not in {f.name for f in fields(cfg)}:
-            ps = leaves.get(key)
-            if not ps: raise KeyError(f"unknown config key {key!r} (sections: {[f.name for f in fields(cfg)]}; "
-                                      "use a dotted key such as 'train.lr')")
-            if len(ps) > 1: raise KeyError(f"ambiguous config key {key!r}: use one of {ps}")
-            path = ps[0].split('.')
-        cfg = _set(cfg, path, value, key)
+    for key, value in overrides.items(): cfg = _set(cfg, config_key(cfg, key).split('.'), value, key)
     return cfg
 
 def get_config(name:str, # a key of `PRESETS`

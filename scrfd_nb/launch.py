@@ -6,7 +6,8 @@
 from __future__ import annotations
 import os, sys, argparse, time
 os.environ.setdefault('TORCH_DEVICE_BACKEND_AUTOLOAD', '0')  # before torch is imported: see scrfd_nb.runtime
-from .train import add_train_args, run_config_from_args, train
+from .train import add_train_args, run_config_from_args, train, validate, resolve_defaults
+from .core import UsageError, in_range, run_cli
 from .runtime import free_port
 
 # %% auto #0
@@ -21,12 +22,12 @@ def launch_parser() -> argparse.ArgumentParser:
                     'With no option: scrfd_500m_bnkps on a synthetic dataset with a demo recipe that learns in a few '
                     'minutes on a CPU (the reference recipe with --data-path).')
     g = p.add_argument_group('processes and machines')
-    g.add_argument('--nproc', type=int, default=None,
+    g.add_argument('--nproc', type=in_range(1, kind=int), default=None,
                    help='processes on this machine, one per card (default: the number of accelerators, else 1)')
-    g.add_argument('--nnodes', type=int, default=1, help='number of machines')
-    g.add_argument('--node-rank', type=int, default=0, help='index of this machine, 0 .. nnodes-1')
+    g.add_argument('--nnodes', type=in_range(1, kind=int), default=1, help='number of machines')
+    g.add_argument('--node-rank', type=in_range(0, kind=int), default=0, help='index of this machine, 0 .. nnodes-1')
     g.add_argument('--master-addr', default='127.0.0.1', help='address of the machine with node rank 0')
-    g.add_argument('--master-port', type=int, default=None,
+    g.add_argument('--master-port', type=in_range(1, 65535, kind=int), default=None,
                    help='port on the master machine (default: a free port on one machine, 29500 on several)')
     add_train_args(p.add_argument_group('training (every option of python -m scrfd_nb.train)'))
     return p
@@ -59,13 +60,20 @@ def worker(argv=None):
     cfg = run_config_from_args(p.parse_args(argv))
     return record(train)(cfg)
 
-def main(argv=None):
+def _check_node_rank(a):
+    if a.node_rank >= a.nnodes:
+        raise UsageError(f"--node-rank {a.node_rank}: expected 0 .. --nnodes - 1 = {a.nnodes - 1}")
+
+def main(argv=None) -> int:
     "python -m scrfd_nb.launch: train on --nproc processes per machine."
     argv = list(sys.argv[1:] if argv is None else argv)
     a = launch_parser().parse_args(argv)
-    nproc = a.nproc or default_nproc(a.device)
+    cfg = run_config_from_args(a)
+    validate(resolve_defaults(cfg))          # bad options fail here, in one line, before any process starts
+    nproc = a.nproc if a.nproc is not None else default_nproc(a.device)
+    _check_node_rank(a)
     if nproc == 1 and a.nnodes == 1 and a.master_port is None:   # one process: no process group needed
-        return train(run_config_from_args(a))
+        train(cfg); return 0
     # strip the launcher's own options; the workers get the training options only
     own = {'--nproc', '--nnodes', '--node-rank', '--master-addr', '--master-port'}
     rest, i = [], 0
@@ -86,9 +94,10 @@ def main(argv=None):
         lines = failure_lines(e)
         print(f"scrfd_nb.launch: job failed after {time.time() - t0:.1f}s, all processes stopped:\n  " + '\n  '.join(lines),
               file=sys.stderr, flush=True)
-        sys.exit(1)
+        return 1
+    return 0
 
 # %% ../nbs/17_launch.ipynb #09e93fde
 if __name__ == '__main__' and '__file__' in globals():
     if len(sys.argv) > 1 and sys.argv[1] == '--worker': worker(sys.argv[2:])
-    else: main()
+    else: sys.exit(run_cli(main))

@@ -132,6 +132,8 @@ def setup_runtime(device:str|None=None, # 'auto'/None, 'cpu', 'cuda', 'npu'
         dist.init_process_group(backend_for(dev.type), timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=None if dev.type == 'cpu' else dev)
     dt = amp_dtype(dev.type, amp)
+    if dt is None and dev.type == 'cuda':   # fp32 means fp32: CUDA would otherwise run convolutions in TF32
+        torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False
     scaler = torch.amp.GradScaler(dev.type, enabled=dt == torch.float16) if dt == torch.float16 else None
     return Runtime(dev, rank, local_rank, world, dt, scaler)
 
@@ -185,15 +187,21 @@ def set_deterministic(on:bool=True):
     if on: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
 
 def rng_state(device:torch.device|None=None) -> dict:
-    "Every RNG state of this process (python, numpy, torch, and the accelerator's when one is used)."
-    st = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    "Every RNG state of this process (python, numpy, torch, the accelerator's), as plain lists and tensors: a checkpoint holding it loads with `torch.load(weights_only=True)`."
+    v, keys, gauss = random.getstate()
+    name, mt, pos, has_gauss, cached = np.random.get_state()
+    st = {'python': [v, list(keys), gauss], 'numpy': [name, torch.from_numpy(mt.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+          'torch': torch.get_rng_state()}
     if device is not None and device.type != 'cpu':
         st['device'] = torch.get_device_module(device.type).get_rng_state(device)
     return st
 
 def set_rng_state(st:dict, device:torch.device|None=None):
     "Restore what `rng_state` returned."
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
+    v, keys, gauss = st['python']; random.setstate((v, tuple(keys), gauss))
+    name, mt, pos, has_gauss, cached = st['numpy']
+    np.random.set_state((name, np.asarray(mt, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(st['torch'])
     if 'device' in st and device is not None and device.type != 'cpu':
         torch.get_device_module(device.type).set_rng_state(st['device'], device)
 
