@@ -170,3 +170,97 @@ def test_init_from_onnx_reproduces_its_detections(data, tmp_path, shared):
         np.testing.assert_allclose(m[:, :2] + m[:, 2:4], rb[top, 2:4], atol=2e-2)
         n += len(m)
     assert n > 0
+
+
+def run_py(args, timeout=240, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env(**kw), capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_checkpoint_loads_safely_and_drives_the_consumers(data, tmp_path, shared):
+    "A short run's every file loads with weights_only=True and works in detect, export and --init-from."
+    work = tmp_path/'w'
+    r = launch(['--nproc', '1', '--data-path', str(data), '--work-dir', str(work), '--epochs', '2', '--ckpt-iters', '3',
+                *TINY[:-3], '--eval-interval', '2', '--no-progress'])   # TINY ends with --eval-interval 0 --no-progress
+    assert TINY[-3:] == ['--eval-interval', '0', '--no-progress']
+    assert r.returncode == 0, r.stderr[-3000:]
+    files = sorted(work.glob('*.pth'))
+    names = [p.name for p in files]
+    assert 'ckpt_e0002_i00000008.pth' in names and 'best.pth' in names and any('e0000' in n or 'e0001' in n for n in names), names
+    img = data/'val'/'images'
+    img = sorted(img.rglob('*.jpg'))[0]
+    for p in files:
+        ck = torch.load(p, map_location='cpu', weights_only=True)
+        assert {'model', 'config'} <= set(ck), p
+        d = run_py(['-m', 'scrfd_nb.detect', '--weights', str(p), '--image', str(img), '--json', str(tmp_path/f'{p.stem}.json'),
+                    '--thr', '0.0', '--input-size', '64'])
+        assert d.returncode == 0 and (tmp_path/f'{p.stem}.json').exists(), (p, d.stderr[-2000:])
+    last = work/'ckpt_e0002_i00000008.pth'
+    e = run_py(['-m', 'scrfd_nb.export', '--weights', str(last), '--out', str(tmp_path/'m.onnx'), '--shape', '64', '64'])
+    assert e.returncode == 0 and (tmp_path/'m.onnx').stat().st_size > 100_000, e.stderr[-2000:]
+    i = launch(['--nproc', '1', '--device', 'cpu', '--data-path', str(data), '--work-dir', str(tmp_path/'i'),
+                '--init-from', str(last), '--eval-only', '--img-size', '64', '--no-progress'])
+    assert i.returncode == 0 and 'init-from: 285/285 tensors loaded' in i.stdout, i.stderr[-2000:]
+
+
+KILL_IN_SAVE = """
+import os, signal, sys, torch
+import scrfd_nb.train as T
+n, real = [0], torch.save
+def save(obj, f, *a, **k):           # the 2nd checkpoint: half of it written, then the process is killed
+    n[0] += 1
+    if n[0] < 2: return real(obj, f, *a, **k)
+    f.write(b'PK\\x03\\x04' + b'x' * 4096); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+T.torch.save = save
+sys.exit(T.run_cli(T.main))
+"""
+
+
+def test_killed_during_a_checkpoint_write_then_resume(data, tmp_path):
+    "SIGKILL in the middle of writing a checkpoint: the previous one stays loadable and --resume latest continues."
+    work = tmp_path/'k'
+    args = ['--data-path', str(data), '--work-dir', str(work), '--epochs', '3', '--ckpt-iters', '2', '--warmup-iters', '2',
+            *TINY]
+    r = run_py(['-c', KILL_IN_SAVE, *args])
+    assert r.returncode == -9, (r.returncode, r.stderr[-2000:])
+    cks = sorted(work.glob('ckpt_*.pth'))
+    assert [p.name for p in cks] == ['ckpt_e0000_i00000002.pth'], cks            # the cut one never got its name
+    assert torch.load(cks[0], weights_only=True)['iter'] == 2
+    r = launch(['--nproc', '1', *args, '--resume', 'latest'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'resumed from' in r.stdout and 'iteration 2' in r.stdout and 'done: 12 iterations' in r.stdout
+    # a corrupt newest checkpoint is named and skipped; the run continues from the one before
+    newest = sorted(work.glob('ckpt_*.pth'))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    r = launch(['--nproc', '1', *args, '--epochs', '4', '--resume', 'latest'])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'skipping unreadable {newest.name}' in r.stdout and 'resumed from' in r.stdout, r.stdout[-2000:]
+
+
+def test_bad_training_input_is_one_line(data, tmp_path, capsys):
+    "Each bad option: one error line naming it, exit 2, nothing written (in-process through run_cli, one case as a subprocess)."
+    from scrfd_nb.core import run_cli
+    from scrfd_nb.launch import main
+    weights = tmp_path/'weights.pth'; torch.save({'model': {}}, weights)
+    cases = [(['--lr', 'nan'], '--lr'), (['--batch-size', '0'], '--batch-size'), (['--img-size', '0'], '--img-size'),
+             (['--config', 'scrfd_3g'], '--config'), (['--data-path', str(tmp_path/'none')], '--data-path'),
+             (['--data-path', str(tmp_path)], 'train/labelv2.txt'), (['--work-dir', str(weights)], '--work-dir'),
+             (['--resume', str(tmp_path/'nope.pth')], '--resume'), (['--set', 'train.lrr=1'], 'train.lrr'),
+             (['--device', 'foo'], '--device'), (['--eval-interval', '-1'], '--eval-interval'), (['--nproc', '0'], '--nproc'),
+             (['--nproc', '2', '--nnodes', '2', '--node-rank', '2'], '--node-rank')]
+    for args, says in cases:
+        code = run_cli(main, ['--work-dir', str(tmp_path/'out'), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and says in err[-1], (args, code, err[-3:])
+    assert not (tmp_path/'out').exists()
+    # a weights-only file given to --resume: told to use --init-from, before any training
+    r = launch(['--nproc', '1', '--data-path', str(data), '--work-dir', str(tmp_path/'r'), '--resume', str(weights), *TINY], timeout=120)
+    assert r.returncode == 2 and 'use --init-from' in r.stderr.strip().splitlines()[-1] and 'Traceback' not in r.stderr, r.stderr[-2000:]
+
+
+def test_nan_lr_run_fails_without_writing(data, tmp_path):
+    "A run whose steps cannot stay finite exits 1 with one line, and writes no checkpoint."
+    work = tmp_path/'n'
+    r = launch(['--nproc', '1', '--data-path', str(data), '--work-dir', str(work), '--epochs', '3', '--lr', '1e30',
+                '--warmup-iters', '1', '--max-nonfinite', '2', *TINY])
+    assert r.returncode == 1 and 'loss not finite for 2 iterations in a row' in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr and not list(work.glob('*.pth'))
