@@ -4,7 +4,8 @@
 
 # %% ../nbs/08_detect.ipynb #52f42f5d
 from __future__ import annotations
-import argparse, json, math, os, sys
+import argparse, json, math, os, re, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,13 +15,15 @@ import torch
 from torch import Tensor
 from .anchors import STRIDES, anchor_centers, feat_sizes_for, flatten_levels
 from .boxes import distance2bbox, distance2kps, batched_nms
-from .core import MEAN, STD, bgr_to_input, UsageError, run_cli, in_range, UNIT, check_output, one_line
+from .core import MEAN, STD, bgr_to_input, UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path
 from .transforms import read_image, ImageError
+from .align import save_crops
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs', 'postprocess',
-           'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat', 'detect_batch',
-           'detect', 'draw_detections', 'dets_to_json', 'main']
+__all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs',
+           'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat',
+           'detect_batch', 'detect', 'draw_detections', 'dets_to_json', 'crop_place', 'is_camera', 'open_video',
+           'frame_batches', 'Progress', 'detect_frames', 'run_video', 'main']
 
 # %% ../nbs/08_detect.ipynb #4e12777c
 @dataclass(frozen=True)
@@ -315,33 +318,149 @@ def _check_outputs(a, weights:Path, src:Path, files:list[Path], folder:bool) -> 
             raise UsageError(f'--out {out}: the drawn copy of {f} would overwrite an input image ({t})')
     return dests
 
-def main(argv=None):
-    "Command line: detect faces in an image or a folder of images."
-    ap = argparse.ArgumentParser(prog='python -m scrfd_nb.detect', description=main.__doc__)
-    ap.add_argument('--weights', required=True, help='model file: our checkpoint, reference .pth, or official .onnx')
-    ap.add_argument('--image', required=True, help='an image file or a folder of images')
-    ap.add_argument('--out', help='write the image(s) with detections drawn here (a file, or a folder for a folder)')
-    ap.add_argument('--json', help='write detections as JSON here')
-    ap.add_argument('--thr', type=UNIT, default=0.5, help='score threshold in [0, 1] (default 0.5; 0.02 for WIDER evaluation)')
-    ap.add_argument('--nms', type=UNIT, default=0.4, help='NMS IoU threshold in [0, 1] (default 0.4)')
-    ap.add_argument('--input-size', type=in_range(32, None, int), default=640, help='network input size (square, >= 32, default 640)')
-    ap.add_argument('--mode', choices=sorted(CONVENTIONS), default='insightface', help='decoder convention')
-    ap.add_argument('--max-num', type=in_range(0, None, int), default=0, help='keep at most this many faces per image (0: all)')
-    ap.add_argument('--name', help='model variant, for weight files that do not say (e.g. scrfd_500m_bnkps)')
-    ap.add_argument('--device', default='cpu', help='torch device (default cpu)')
-    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
-    a = ap.parse_args(argv)
-    weights, src = Path(a.weights), Path(a.image)
-    if not weights.is_file(): raise UsageError(f'--weights: weights not found: {weights}')
-    files, folder = _list_images(src), src.is_dir()
-    dests = _check_outputs(a, weights, src, files, folder)
+# %% ../nbs/08_detect.ipynb #3a901d4a
+def crop_place(crops:Path, rel:Path) -> tuple[Path, str]:
+    "Folder and file stem of the crops of the image `rel` (relative to the input folder): `sub/a.jpg` → `crops/sub`, `a_jpg`."
+    rel = Path(rel)
+    return Path(crops)/rel.parent, f'{rel.stem}_{rel.suffix[1:]}'
+
+def _check_crops(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
+    "`{input file: (folder, stem)}` of its crops (empty without --crops), checked before any work: never over an input."
+    if not a.crops: return {}
+    crops = check_output(a.crops, [weights, src, *files, a.json, a.out], '--crops', folder=True)
+    places = {f: crop_place(crops, f.relative_to(src) if folder else f.name) for f in files}
+    names = {}                                       # resolved folder -> names of the input images in it
+    for f in files: names.setdefault(f.resolve().parent, set()).add(f.name)
+    for f, (d, stem) in places.items():
+        hit = sorted(n for n in names.get(d.resolve(), ()) if re.fullmatch(re.escape(stem) + r'_\d+\.png', n))
+        if hit: raise UsageError(f'--crops {crops}: a crop of {f} would overwrite the input image {d/hit[0]}')
+    return places
+
+# %% ../nbs/08_detect.ipynb #609e639c
+VIDEO_EXTS = {'.mp4': 'mp4v', '.avi': 'MJPG', '.mkv': 'XVID', '.mov': 'mp4v'}   # output container -> fourcc OpenCV writes
+
+@contextmanager
+def _quiet_opencv():
+    "Silence OpenCV's and FFmpeg's own messages while probing a file: our one error line says what went wrong."
+    old, env = cv2.utils.logging.getLogLevel(), 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    if env: os.environ['OPENCV_FFMPEG_LOGLEVEL'] = '-8'        # AV_LOG_QUIET
+    try: yield
+    finally:
+        cv2.utils.logging.setLogLevel(old)
+        if env: os.environ.pop('OPENCV_FFMPEG_LOGLEVEL', None)
+
+def is_camera(src) -> bool:
+    "A camera index (`0`, `'1'`) rather than a file (a file called `0` is a file)."
+    return isinstance(src, int) or (str(src).isdigit() and not Path(str(src)).exists())
+
+def open_video(src) -> tuple:
+    "`(capture, first frame, fps, frame count or 0, camera?)` of a video file or camera index; one-line errors."
+    cam = is_camera(src)
+    if not cam and not Path(src).is_file(): raise UsageError(f'--video: video not found: {src}')
+    with _quiet_opencv():
+        cap = cv2.VideoCapture(int(src) if cam else str(src))
+        ok, first = cap.read() if cap.isOpened() else (False, None)
+    if not ok or first is None:
+        cap.release()
+        raise RuntimeError(f'cannot open camera {src}' if cam else f'cannot read video {src}: no frame OpenCV can decode')
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 30.0
+    n = 0 if cam else max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+    return cap, to_bgr(first), fps, n, cam
+
+def frame_batches(cap, batch_size:int, first=None, max_frames:int=0, clock=float):
+    "Lists of up to `batch_size` `(index, clock(index), frame)` read from `cap`, after `first` (a frame already read)."
+    i, batch, frame = 0, [], first
+    if frame is None: ok, frame = cap.read()
+    while frame is not None and (not max_frames or i < max_frames):
+        batch.append((i, clock(i), to_bgr(frame))); i += 1
+        if len(batch) == batch_size: yield batch; batch = []
+        ok, frame = cap.read()
+        if not ok: frame = None
+    if batch: yield batch
+
+# %% ../nbs/08_detect.ipynb #55ac675b
+class Progress:
+    "Frames done, on stderr: a tqdm bar when tqdm is installed, else one line every `every` seconds and at the end."
+    def __init__(self, total:int=0, desc:str='', every:float=2.0, use_tqdm:bool=True):
+        self.n, self.total, self.desc, self.every = 0, total, desc, every
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if use_tqdm:
+            try: from tqdm.auto import tqdm
+            except ImportError: pass
+            else: self.bar = tqdm(total=total or None, desc=desc, unit='frame', file=sys.stderr, mininterval=0.5)
+    def line(self) -> str:
+        dt = max(time.monotonic() - self.t0, 1e-9)
+        return f"{self.desc}: {self.n}{f'/{self.total}' if self.total else ''} frames, {self.n / dt:.1f} frames/s"
+    def update(self, n:int=1):
+        self.n += n
+        if self.bar is not None: self.bar.update(n); return
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic(); print(self.line(), file=sys.stderr, flush=True)
+    def close(self):
+        if self.bar is not None: self.bar.close()
+        else: print(self.line(), file=sys.stderr, flush=True)
+
+# %% ../nbs/08_detect.ipynb #c87d5ca5
+def detect_frames(model, batches, score_thr:float=0.5, nms_thr:float=0.4, input_size=640, mode:str='insightface',
+                  max_num:int=0):
+    "`(index, time_s, frame, (boxes, scores, kps))` per frame of `frame_batches`: one `detect_batch` pass per batch."
+    for b in batches:
+        dets = detect_batch(model, [f for _, _, f in b], score_thr, nms_thr, input_size, mode, max_num)
+        for (i, t, f), d in zip(b, dets): yield i, t, f, d
+
+def _video_writer(out, fps:float, frame:np.ndarray):
+    fourcc = VIDEO_EXTS.get(Path(out).suffix.lower(), 'mp4v')
+    w = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*fourcc), fps, (frame.shape[1], frame.shape[0]))
+    if not w.isOpened(): raise OSError(f'cannot write video {out} (no {fourcc} encoder in this OpenCV build?)')
+    return w
+
+def run_video(model, video, # a video file, a camera index, or what `open_video` returned
+              out=None,      # drawn video: same fps and size as the input (codec from the suffix, `VIDEO_EXTS`)
+              jsonl=None,    # JSON Lines: `{"frame": i, "time_s": t, "faces": dets_to_json(...)}` per frame
+              batch_size:int=8, max_frames:int=0, progress:bool=True, **kw) -> dict:  # kw: `detect_batch`'s
+    "Faces in every frame of a video or camera; on Ctrl-C what was written is closed (kept) and the interrupt re-raised."
+    cap, first, fps, total, cam = video if isinstance(video, tuple) else open_video(video)
+    t0 = time.monotonic()
+    clock = (lambda i: round(time.monotonic() - t0, 3)) if cam else (lambda i: round(i / fps, 6))
+    st, writer, fj, bar = dict(frames=0, faces=0, fps=fps), None, None, None
+    try:
+        writer = _video_writer(out, fps, first) if out else None
+        fj = open(jsonl, 'w') if jsonl else None
+        bar = Progress(min(total, max_frames or total), 'frames') if progress else None
+        for i, t, frame, (boxes, scores, kps) in detect_frames(
+                model, frame_batches(cap, batch_size, first, max_frames, clock), **kw):
+            if writer is not None: writer.write(draw_detections(frame, boxes, scores, kps))
+            if fj is not None:   # one line per frame, flushed: a reader (or a crash) sees whole lines only
+                fj.write(json.dumps(dict(frame=i, time_s=t, faces=dets_to_json(boxes, scores, kps))) + '\n'); fj.flush()
+            st['frames'] += 1; st['faces'] += len(boxes)
+            if bar is not None: bar.update()
+    except KeyboardInterrupt:
+        kept = ' and '.join(str(p) for p in (out, jsonl) if p)
+        print(f"interrupted after {st['frames']} frames" + (f' (kept in {kept})' if kept else ''), file=sys.stderr, flush=True)
+        raise
+    finally:
+        if bar is not None: bar.close()
+        if fj is not None: fj.close()
+        if writer is not None: writer.release()
+        cap.release()
+    return st
+
+# %% ../nbs/08_detect.ipynb #8d55e023
+def _load(a, weights:Path):
+    "The model of `--weights` on `--device`, errors as one line."
     try: dev = torch.device(a.device)
     except RuntimeError as e: raise UsageError(f'--device {a.device}: {one_line(e)}') from None
     from scrfd_nb.model import load_model
     try: model = load_model(weights, a.name)
     except Exception as e: raise RuntimeError(f'cannot load weights {weights}: {one_line(e).removeprefix(f"{weights}: ")}') from e
-    try: model = model.to(dev).eval()
+    try: return model.to(dev).eval()
     except Exception as e: raise RuntimeError(f'--device {a.device}: {one_line(e)}') from e
+
+def _detect_images(a, model, src:Path, files:list, folder:bool, dests:dict, crops:dict) -> dict:
+    "The image loop: detect, draw, crop; a bad file is noted and the others go on."
     results, failed = {}, []
     for f in files:
         rel = f.relative_to(src).as_posix() if folder else f.name
@@ -352,10 +471,11 @@ def main(argv=None):
                 dests[f].parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(dests[f]), draw_detections(img, boxes, scores, kps)):
                     raise OSError(f'cannot write image {dests[f]}')
+            n_crops = len(save_crops(img, kps, *crops[f])) if f in crops and len(boxes) else 0
         except (OSError, ValueError, RuntimeError, cv2.error) as e:   # a bad file: note it, go on with the others
             failed.append(one_line(e)); print(f'{rel}: skipped ({one_line(e)})', flush=True); continue
         results[rel] = dets_to_json(boxes, scores, kps)
-        print(f'{rel}: {len(boxes)} face{"s" * (len(boxes) != 1)}', flush=True)
+        print(f'{rel}: {len(boxes)} face{"s" * (len(boxes) != 1)}' + (f', {n_crops} crops' if crops else ''), flush=True)
     if a.json and results:
         Path(a.json).write_text(json.dumps(results if folder else results[files[0].name], indent=1))
     if failed and not results: raise UsageError(f'--image {src}: no readable image: ' + '; '.join(failed))
@@ -363,6 +483,62 @@ def main(argv=None):
         raise RuntimeError(f'{len(failed)} of {len(files)} images failed (the other {len(results)} were written): '
                            + '; '.join(failed))
     return results
+
+def _check_video(a, weights:Path):
+    "`--video`'s source (a `Path` or a camera index) with --out / --json checked before any work."
+    if a.crops: raise UsageError('--crops works with --image (for a video, crop from the --json keypoints)')
+    src = int(a.video) if is_camera(a.video) else Path(a.video)
+    if isinstance(src, Path) and not src.is_file(): raise UsageError(f'--video: video not found: {src}')
+    inputs = [weights] + ([src] if isinstance(src, Path) else [])
+    if a.json: check_output(a.json, inputs, '--json')
+    if a.out:
+        if Path(a.out).suffix.lower() not in VIDEO_EXTS:
+            raise UsageError(f'--out {a.out}: not a video file name (expected one of {", ".join(VIDEO_EXTS)})')
+        check_output(a.out, inputs, '--out')
+        if a.json and same_path(a.json, a.out): raise UsageError(f'--out and --json are both {a.out}')
+    return src
+
+# %% ../nbs/08_detect.ipynb #ec4cf5c7
+def main(argv=None):
+    "Command line: detect faces in an image, a folder of images, a video or a camera."
+    ap = argparse.ArgumentParser(prog='python -m scrfd_nb.detect', description=main.__doc__)
+    ap.add_argument('--weights', required=True, help='model file: our checkpoint, reference .pth, or official .onnx')
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument('--image', help='an image file or a folder of images')
+    src.add_argument('--video', help='a video file, or a camera index (0, 1, ...)')
+    ap.add_argument('--out', help='write the detections drawn here: an image, a folder for a folder, a video for --video')
+    ap.add_argument('--json', help='write detections as JSON here (JSON Lines, one frame a line, for --video)')
+    ap.add_argument('--crops', help='write the 112x112 ArcFace-aligned crop of every face into this folder (--image)')
+    ap.add_argument('--thr', type=UNIT, default=0.5, help='score threshold in [0, 1] (default 0.5; 0.02 for WIDER evaluation)')
+    ap.add_argument('--nms', type=UNIT, default=0.4, help='NMS IoU threshold in [0, 1] (default 0.4)')
+    ap.add_argument('--input-size', type=in_range(32, None, int), default=640, help='network input size (square, >= 32, default 640)')
+    ap.add_argument('--mode', choices=sorted(CONVENTIONS), default='insightface', help='decoder convention')
+    ap.add_argument('--max-num', type=in_range(0, None, int), default=0, help='keep at most this many faces per image (0: all)')
+    ap.add_argument('--batch-size', type=in_range(1, None, int), default=8, help='--video: frames per forward pass (default 8)')
+    ap.add_argument('--max-frames', type=in_range(0, None, int), default=0, help='--video: stop after this many frames (0: all)')
+    ap.add_argument('--no-progress', action='store_true', help='--video: no progress bar')
+    ap.add_argument('--name', help='model variant, for weight files that do not say (e.g. scrfd_500m_bnkps)')
+    ap.add_argument('--device', default='cpu', help='torch device (default cpu)')
+    ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
+    a = ap.parse_args(argv)
+    weights = Path(a.weights)
+    if not weights.is_file(): raise UsageError(f'--weights: weights not found: {weights}')
+    kw = dict(score_thr=a.thr, nms_thr=a.nms, input_size=a.input_size, mode=a.mode, max_num=a.max_num)
+    if a.video is not None:
+        video = open_video(_check_video(a, weights))            # unreadable: one line, before the model is loaded
+        try: model = _load(a, weights)
+        except BaseException: video[0].release(); raise
+        st = run_video(model, video, a.out, a.json, a.batch_size, a.max_frames, not a.no_progress, **kw)
+        print(f"{a.video}: {st['frames']} frames, {st['faces']} faces", flush=True)
+        return st
+    src = Path(a.image)
+    files, folder = _list_images(src), src.is_dir()
+    dests = _check_outputs(a, weights, src, files, folder)
+    crops = _check_crops(a, weights, src, files, folder)
+    model = _load(a, weights)
+    if crops and not getattr(model, 'use_kps', True):
+        raise UsageError(f'--crops: {weights} has no keypoints (a model without the 5-point head cannot align faces)')
+    return _detect_images(a, model, src, files, folder, dests, crops)
 
 # %% ../nbs/08_detect.ipynb #47f67467
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(run_cli(main))
