@@ -256,21 +256,53 @@ def test_photometric_branch_rates_and_ranges():
     assert set(mode) == {0, 1}
     for k, v in list(on.items()) + [('mode', mode == 1)]:
         ok, z = binom_ok(v.sum(), N, 0.5)
+        print('coin', k, v.sum(), N, round(z, 2))
         assert ok, (k, v.sum(), z)
     for m in (0, 1):  # contrast coin independent of where contrast goes
         ok, z = binom_ok(on['contrast'][mode == m].sum(), (mode == m).sum(), 0.5)
+        print('contrast | mode', m, round(z, 2))
         assert ok, ('contrast | mode', m, z)
     pattern = sum(v.astype(int) << i for i, v in enumerate([*on.values(), mode == 1]))
     p_joint = chi2_p(np.bincount(pattern, minlength=64), np.ones(64))
+    print('64 coin patterns: chi2 p', p_joint)
     assert p_joint >= P_MIN, p_joint
     for k, lo, hi in (('delta', -32, 32), ('contrast', .5, 1.5), ('saturation', .5, 1.5), ('hue', -18, 18)):
         x = np.array([p[k] for p in P if p[k] is not None])
         assert lo <= x.min() and x.max() < hi, (k, x.min(), x.max())
         assert x.min() < lo + 0.01 * (hi - lo) and x.max() > hi - 0.01 * (hi - lo), k  # the whole range is used
         ks = stats.kstest(x, stats.uniform(lo, hi - lo).cdf).pvalue
+        print('range', k, x.min(), x.max(), 'KS p', ks)
         assert ks >= P_MIN, (k, ks)
     perms = [tuple(p['perm']) for p in P if p['perm'] is not None]
     orders = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
     assert set(perms) <= set(orders)
     p_perm = chi2_p([perms.count(o) for o in orders], np.ones(6))
+    print('permutations', [perms.count(o) for o in orders], 'chi2 p', p_perm)
     assert p_perm >= P_MIN, p_perm
+
+
+def test_hue_shift_wraps_in_pipeline_images():
+    "Samples whose only photometric step is hue: every pixel's hue moves by exactly the drawn shift modulo 360 (both signs)."
+    import colorsys
+    rs = np.random.RandomState(9)
+    hsv = np.stack([rs.uniform(0, 1, 256), rs.uniform(0.5, 1, 256), rs.uniform(0.4, 1, 256)], 1)
+    rgb = np.array([colorsys.hsv_to_rgb(*p) for p in hsv]) * 255
+    img = rgb.reshape(16, 16, 3)[..., ::-1].round().astype(np.uint8)        # BGR, hues all round the circle
+    src = np.array([colorsys.rgb_to_hsv(*p) for p in img[..., ::-1].reshape(-1, 3) / 255.0])
+    ann = dict(bboxes=np.array([[2, 2, 14, 14]], np.float32), keypoints=np.zeros((1, 5, 3), np.float32),
+               bboxes_ignore=np.zeros((0, 4), np.float32))
+    pipe = TrainPipeline(size=16, crop_choice=(1.0,), flip_ratio=0)  # full-image crop, no resize, no flip
+    seen, worst = {1: 0, -1: 0}, 0.0
+    for i in range(1500):
+        o = pipe(img, ann, np.random.default_rng([10, i]))
+        p = o['meta']['photometric']
+        if p['hue'] is None or any(p[k] is not None for k in ('delta', 'contrast', 'saturation', 'perm')): continue
+        seen[int(np.sign(p['hue']))] += 1
+        out = (o['img'].permute(1, 2, 0).numpy().reshape(-1, 3) * 128 + 127.5) / 255.0   # RGB
+        got = np.array([colorsys.rgb_to_hsv(*q) for q in out])
+        dh = ((got[:, 0] - src[:, 0]) * 360 - p['hue'] + 180) % 360 - 180
+        worst = max(worst, np.abs(dh).max())
+        assert np.abs(dh).max() < 0.05, (p["hue"], np.abs(dh).max())
+        np.testing.assert_allclose(got[:, 1:], src[:, 1:], atol=1e-4)
+    print("hue samples", seen, "worst hue error (deg)", worst)
+    assert min(seen.values()) >= 10, seen  # expected 1500 / 32 / 2 ~ 23 of each sign
