@@ -11,7 +11,7 @@ import numpy as np
 import cv2
 import torch
 from .transforms import TrainPipeline, read_image, ImageError
-from .core import UsageError, run_cli, in_range
+from .core import UsageError, run_cli, in_range, debug_requested
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
@@ -453,8 +453,12 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0
 
 # %% ../nbs/11_data.ipynb #f5bebd1c
 def main(argv=None) -> int:
-    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]` or `synthetic --out DIR ...`."
+    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]`, `convert ...` or `synthetic --out DIR ...`."
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['convert']:
+        # imported here, not at the top: scrfd_nb.convert imports this module (read_labelv2, check_labelv2), a cycle
+        from scrfd_nb.convert import main as convert_main
+        return convert_main(argv[1:] + ['--debug'] * debug_requested(), 'python -m scrfd_nb.data convert')
     if argv[:1] == ['synthetic']:
         from scrfd_nb.synthetic import main as synthetic_main
         synthetic_main(argv[1:])
@@ -467,6 +471,7 @@ def main(argv=None) -> int:
     c.add_argument('--mode', default='any', choices=['any', 'train', 'test'], help="'train': 4-value lines are errors")
     c.add_argument('--max-warnings', type=in_range(0, None, int), default=20, help='warnings printed (all are counted)')
     c.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
+    sub.add_parser('convert', help='convert RetinaFace, YOLO or COCO labels to labelv2 and back (options: convert --help)')
     sub.add_parser('synthetic', help='write the synthetic dataset (options: python -m scrfd_nb.synthetic --help)')
     a = ap.parse_args(argv)
     if not Path(a.labelv2).is_file(): raise UsageError(f"labelv2 {a.labelv2}: no such file")

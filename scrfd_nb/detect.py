@@ -341,14 +341,17 @@ VIDEO_EXTS = {'.mp4': 'mp4v', '.avi': 'MJPG', '.mkv': 'XVID', '.mov': 'mp4v'}   
 
 @contextmanager
 def _quiet_opencv():
-    "Silence OpenCV's and FFmpeg's own messages while probing a file: our one error line says what went wrong."
-    old, env = cv2.utils.logging.getLogLevel(), 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
+    "Silence OpenCV's and FFmpeg's own messages (C-level stderr) while probing a file: our one error line says what failed."
+    old = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    if env: os.environ['OPENCV_FFMPEG_LOGLEVEL'] = '-8'        # AV_LOG_QUIET
+    try: sys.stderr.flush(); saved = os.dup(2)        # FFmpeg reads its log level once per process: mute the descriptor
+    except (OSError, ValueError): saved = None
+    if saved is not None:
+        null = os.open(os.devnull, os.O_WRONLY); os.dup2(null, 2); os.close(null)
     try: yield
     finally:
+        if saved is not None: os.dup2(saved, 2); os.close(saved)
         cv2.utils.logging.setLogLevel(old)
-        if env: os.environ.pop('OPENCV_FFMPEG_LOGLEVEL', None)
 
 def is_camera(src) -> bool:
     "A camera index (`0`, `'1'`) rather than a file (a file called `0` is a file)."

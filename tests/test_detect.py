@@ -81,3 +81,47 @@ def test_cli_errors(shared, tmp_path):
     bad = tmp_path/'bad'; bad.mkdir(); (bad/'broken.jpg').write_bytes(b'this is not a jpeg')
     r = run_cli('--weights', w, '--image', bad)
     assert r.returncode == 2 and f'cannot read image {bad/"broken.jpg"}' in r.stderr, r.stderr
+
+
+def test_cli_crops(shared, tmp_path):
+    "--crops on a folder with the same file name in two subfolders: one crop per detection, each = align_faces exactly."
+    import cv2, torch
+    from scrfd_nb.align import align_faces
+    from scrfd_nb.model import load_model
+    src = tmp_path/'photos'
+    for sub, f in (('a', 'astronaut.png'), ('b', '19_Couple_Couple_19_743.jpg'), ('b/c', 'solvay_conference_1927.jpg')):
+        (src/sub).mkdir(parents=True); (src/sub/'p.png').write_bytes((shared/'data'/'images'/f).read_bytes())
+    w = shared/'data'/'models'/'det_500m.onnx'
+    r = run_cli('--weights', w, '--image', src, '--crops', tmp_path/'crops', '--json', tmp_path/'all.json')
+    assert r.returncode == 0, r.stderr
+    dets = json.loads((tmp_path/'all.json').read_text())
+    assert sorted(dets) == ['a/p.png', 'b/c/p.png', 'b/p.png']
+    crops = sorted(p.relative_to(tmp_path/'crops').as_posix() for p in (tmp_path/'crops').rglob('*.png'))
+    assert len(crops) == sum(map(len, dets.values())) and len(dets['b/c/p.png']) >= 20   # Solvay: many faces
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                                  # as the subprocess: the same keypoints to the last bit
+    model = load_model(w)
+    try: detected = {rel: (cv2.imread(str(src/rel)), model.detect(cv2.imread(str(src/rel)))[2]) for rel in dets}
+    finally: torch.set_num_threads(threads)
+    for rel, faces in dets.items():
+        img, kps = detected[rel]
+        np.testing.assert_allclose(np.array([d['kps'] for d in faces]).reshape(-1, 5, 2), kps, rtol=0, atol=1e-3)
+        want = align_faces(img, kps)
+        for i in range(len(faces)):
+            got = cv2.imread(str(tmp_path/'crops'/Path(rel).parent/f'p_png_{i}.png'))
+            assert got.shape == (112, 112, 3) and np.abs(got.astype(int) - want[i]).max() == 0, (rel, i)
+    assert f'{len(dets["b/p.png"])} crops' in r.stdout
+
+
+def test_cli_crops_never_over_an_input(shared, tmp_path):
+    "--crops naming the input folder, or a folder where a crop would take an input's name: refused before any work."
+    src = tmp_path/'photos'; (src/'sub').mkdir(parents=True)
+    img = (shared/'data'/'images'/'astronaut.png').read_bytes()
+    (src/'p.png').write_bytes(img); (src/'sub'/'p_png_0.png').write_bytes(img)
+    w = shared/'data'/'models'/'det_500m.onnx'
+    r = run_cli('--weights', w, '--image', src, '--crops', src)
+    assert r.returncode == 2 and 'is also an input' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    r = run_cli('--weights', w, '--image', src, '--crops', src/'sub', '--json', tmp_path/'d.json')
+    assert r.returncode == 2, r.stderr
+    assert f"a crop of {src/'p.png'} would overwrite the input image {src/'sub'/'p_png_0.png'}" in r.stderr, r.stderr
+    assert (src/'sub'/'p_png_0.png').read_bytes() == img and not (tmp_path/'d.json').exists() and r.stdout == ''
