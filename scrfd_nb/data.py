@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, math, sys, warnings, logging
 from collections import Counter
+from functools import partial
 from pathlib import Path
 import numpy as np
 import cv2
@@ -15,8 +16,8 @@ from .core import UsageError, run_cli, in_range, debug_requested
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
-           'make_corrupted_example', 'WiderFaceDataset', 'seed_worker', 'shared_empty', 'collate', 'batch_to',
-           'ShardedSampler', 'WiderFaceLoader', 'build_loader', 'main']
+           'make_corrupted_example', 'WiderFaceDataset', 'shared_empty', 'collate', 'batch_to', 'EpochSampler',
+           'batches_per_epoch', 'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
 NUM_KPS = 5
@@ -281,7 +282,9 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                  cfg=None, # SCRFDConfig: pipeline constants and bbox_clip_border from it
                  labelv2=None, images=None, # explicit annotation file / image folder (override `root`)
                  pipeline=None, # callable (img_u8, ann, rng) -> dict; default TrainPipeline(.from_config(cfg))
-                 min_size:float|None=None, max_substitutes:int=16):
+                 min_size:float|None=None, max_substitutes:int=16,
+                 seed:int=0, # augmentation seed: sample i of epoch e draws from (seed, e, i) only
+                ):
         if root is None and (labelv2 is None or images is None): raise ValueError("give `root` or both `labelv2` and `images`")
         self.labelv2 = Path(labelv2) if labelv2 is not None else Path(root)/'labelv2.txt'
         self.images = Path(images) if images is not None else Path(root)/'images'
@@ -291,7 +294,7 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         if not self.records: raise ValueError(f"{self.labelv2}: no usable images")
         self.pipeline = pipeline or (TrainPipeline.from_config(cfg) if cfg is not None else TrainPipeline())
         self.max_substitutes, self.epoch, self.skipped, self.crop_fallbacks = max_substitutes, 0, Counter(), Counter()
-        self.seed = self.rank = None  # set by build_loader for per-worker seeding
+        self.seed = seed
         cv2.setNumThreads(1)  # before any loader forks: an inherited OpenCV thread pool can hang a worker
     def __len__(self): return len(self.records)
     def load(self, i:int, rng) -> dict:
@@ -302,13 +305,12 @@ class WiderFaceDataset(torch.utils.data.Dataset):
         out['meta'] = dict(file=r['filename'], index=i, ori_shape=img.shape[:2]) | out.get('meta', {})
         return out
     def __getitem__(self, key) -> dict:
-        "`key` is an index, or (index, epoch) from `ShardedSampler` (reseeds the worker on a new epoch)."
-        i, epoch = (key if isinstance(key, tuple) else (key, None))
-        if epoch is not None and epoch != self.epoch: self.set_epoch(epoch)
+        "`key`: an index, or `(epoch, index)` from `EpochSampler`; the random draws depend only on (seed, epoch, index)."
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         skipped = []
         for k in range(self.max_substitutes + 1):
             j = (int(i) + k) % len(self.records)
-            rng = np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+            rng = np.random.default_rng([self.seed, epoch, int(i), k])   # the same sample whatever the worker or order
             try: out = self.load(j, rng)
             except Exception as e:  # never let one bad file stop a long run
                 msg = f"{e}" if str(self.images) in str(e) else f"{self.images/self.records[j]['filename']}: {e.__class__.__name__}: {e}"
@@ -325,21 +327,6 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                 self.crop_fallbacks[f] += 1
             return out
         raise RuntimeError(f"{self.max_substitutes + 1} consecutive samples from index {i} failed; last: {skipped[-1][1]}")
-    def set_epoch(self, epoch:int):
-        "Reseed numpy's global state for (seed, epoch, rank, worker) when the loader set a seed."
-        self.epoch = epoch
-        if self.seed is not None: seed_worker(self.seed, epoch, self.rank or 0)
-
-# %% ../nbs/11_data.ipynb #7cdcee03
-def seed_worker(seed:int, epoch:int, rank:int, worker:int|None=None):
-    "Seed numpy, random and torch in this process from (seed, epoch, rank, worker) (worker: from torch's worker info)."
-    import random
-    if worker is None:
-        wi = torch.utils.data.get_worker_info()
-        worker = wi.id if wi is not None else 0
-    ss = np.random.SeedSequence([seed, epoch, rank, worker])
-    s = ss.generate_state(2, dtype=np.uint32)
-    np.random.seed(int(s[0])); random.seed(int(s[1])); torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 # %% ../nbs/11_data.ipynb #a4e4aa8f
 def shared_empty(shape, dtype:torch.dtype=torch.float32) -> torch.Tensor:
@@ -394,62 +381,43 @@ def batch_to(batch:dict, device, keys=BATCH_TENSORS) -> dict:
     return out
 
 # %% ../nbs/11_data.ipynb #ecfe9edd
-class ShardedSampler(torch.utils.data.Sampler):
-    "DistributedSampler-like sharding + shuffling per epoch; yields (index, epoch)."
-    def __init__(self, n:int, world_size:int=1, rank:int=0, shuffle:bool=True, seed:int=0, drop_last:bool=False):
+class EpochSampler(torch.utils.data.Sampler):
+    "One process's `(epoch, index)` pairs of an epoch: shuffled by seed + epoch, sharded by rank (DistributedSampler's arithmetic), from a start batch."
+    def __init__(self, n:int, batch_size:int, rank:int=0, world_size:int=1, seed:int=0, shuffle:bool=True):
         if not 0 <= rank < world_size: raise ValueError(f"rank {rank} not in [0, {world_size})")
-        self.n, self.ws, self.rank, self.shuffle, self.seed, self.drop_last, self.epoch = n, world_size, rank, shuffle, seed, drop_last, 0
-        self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
-    def set_epoch(self, epoch:int): self.epoch = epoch
-    def __len__(self): return self.num_samples
+        self.n, self.bs, self.rank, self.world, self.seed, self.shuffle = n, batch_size, rank, world_size, seed, shuffle
+        self.epoch = self.start = 0
+    def set_epoch(self, epoch:int, start_batch:int=0):
+        "The epoch the next iteration yields, skipping its first `start_batch` batches (a resumed run)."
+        self.epoch, self.start = epoch, start_batch
     def indices(self) -> list:
+        "This process's indices for the whole epoch."
         if self.shuffle:
-            g = torch.Generator(); g.manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(self.n, generator=g).tolist()
+            idx = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else: idx = list(range(self.n))
-        total = self.num_samples * self.ws
-        if total > len(idx): idx += (idx * math.ceil((total - len(idx)) / max(len(idx), 1)))[:total - len(idx)]
-        return idx[:total][self.rank:total:self.ws]
-    def __iter__(self): return iter([(i, self.epoch) for i in self.indices()])
+        total = math.ceil(self.n / self.world) * self.world
+        idx = (idx * math.ceil(total / max(len(idx), 1)))[:total]            # pad by repeating, as DistributedSampler
+        return idx[self.rank:total:self.world]
+    def __iter__(self): return iter([(self.epoch, i) for i in self.indices()[self.start * self.bs:]])
+    def __len__(self): return max(0, math.ceil(self.n / self.world) - self.start * self.bs)
 
-def _worker_init(worker_id, seed, epoch, rank):
-    wi = torch.utils.data.get_worker_info()
-    ds = wi.dataset
-    if hasattr(ds, 'seed'): ds.seed, ds.rank, ds.epoch = seed, rank, epoch
-    seed_worker(seed, epoch, rank, worker_id)
+def batches_per_epoch(n:int, batch_size:int, world_size:int=1) -> int:
+    "Iterations per epoch (the last batch may be smaller; nothing is dropped, as in the reference)."
+    return math.ceil(math.ceil(n / world_size) / batch_size)
 
-class WiderFaceLoader(torch.utils.data.DataLoader):
-    "A DataLoader with `set_epoch` (forwarded to its ShardedSampler)."
-    def set_epoch(self, epoch:int): self.sampler.set_epoch(epoch)
-
-def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, epoch:int=0, rank:int=0, world_size:int=1,
-                 shuffle:bool=True, distributed:bool|None=None, # default: world_size > 1
+def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, rank:int=0, world_size:int=1, shuffle:bool=True,
                  pin_memory:bool|None=None, # default: an accelerator is available
-                 persistent_workers:bool|None=None, # default: workers > 0
-                 drop_last:bool=False, pad_to:int|None=None, channels_last:bool=False, prefetch_factor:int|None=None,
-                 collate_fn=None, # default `collate` (with pad_to, channels_last); e.g. gpu_augment.collate_hwc
-                ) -> WiderFaceLoader:
-    "Training DataLoader: sharded sampler with set_epoch, per-worker seeds from (seed, epoch, rank, worker), padded collate."
-    from functools import partial
-    distributed = world_size > 1 if distributed is None else distributed
-    ws, rk = (world_size, rank) if distributed else (1, 0)
-    sampler = ShardedSampler(len(dataset), ws, rk, shuffle, seed, drop_last)
-    sampler.set_epoch(epoch)
-    if pin_memory is None:
-        acc = getattr(torch, 'accelerator', None)
-        pin_memory = bool(acc is not None and acc.is_available())
-    if hasattr(dataset, 'seed'):
-        dataset.seed, dataset.rank, dataset.epoch = seed, rank, epoch
-    # OpenCV's thread pool does not survive fork (a worker touching it can hang), and each worker is one core anyway
-    if workers > 0: cv2.setNumThreads(1)
-    if workers == 0: seed_worker(seed, epoch, rank, 0)
-    kw = dict(persistent_workers=workers > 0 if persistent_workers is None else persistent_workers and workers > 0)
-    if workers > 0:
-        kw |= dict(worker_init_fn=partial(_worker_init, seed=seed, epoch=epoch, rank=rank))
-        if prefetch_factor is not None: kw['prefetch_factor'] = prefetch_factor
-    return WiderFaceLoader(dataset, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                           collate_fn=collate_fn or partial(collate, pad_to=pad_to, channels_last=channels_last),
-                           pin_memory=pin_memory, **kw)
+                 pad_to:int|None=None, channels_last:bool=False, prefetch_factor:int|None=None,
+                 collate_fn=None, # default `collate` (with pad_to, channels_last); e.g. gpu_augment.collate_decoded
+                ) -> torch.utils.data.DataLoader:
+    "The training DataLoader: an `EpochSampler` (`loader.sampler.set_epoch(epoch, start_batch)`), persistent workers, samples seeded by (seed, epoch, index)."
+    dataset.seed = seed
+    if pin_memory is None: pin_memory = bool(torch.accelerator.is_available())
+    if workers > 0: cv2.setNumThreads(1)   # OpenCV's thread pool does not survive fork; each worker is one core anyway
+    kw = dict(persistent_workers=workers > 0) | ({'prefetch_factor': prefetch_factor} if workers and prefetch_factor else {})
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=EpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle),
+                                       num_workers=workers, drop_last=False, pin_memory=pin_memory,
+                                       collate_fn=collate_fn or partial(collate, pad_to=pad_to, channels_last=channels_last), **kw)
 
 # %% ../nbs/11_data.ipynb #f5bebd1c
 def main(argv=None) -> int:

@@ -60,12 +60,19 @@ def test_loader_two_workers_shards_and_reports(tmp_path, shared):
     lines += ['# gone.jpg 160 120', '30 30 70 80 0']
     (d/'labelv2.txt').write_text('\n'.join(lines) + '\n')
     ds = WiderFaceDataset(d)
-    seen = []
+    shards, skipped = {}, []
     for rank in (0, 1):
         ld = build_loader(ds, 2, workers=2, seed=3, rank=rank, world_size=2)
-        got = [(m['index'], b['skipped']) for b in ld for m in b['metas']]
-        seen += [i for i, _ in got]
-    assert len(seen) == 8 and set(seen) <= set(range(7))
+        want = ld.sampler.indices()
+        got = [m['index'] for b in ld for m in b['metas']]
+        skipped += [f for b in ld for f, _ in b['skipped']]
+        # what each rank loads is its own shard, the missing image (6) replaced by the next one (0)
+        assert got == [0 if i == 6 else i for i in want], (rank, got, want)
+        shards[rank] = want
+    # the two shards split the 7 images: disjoint but for the one index repeated to pad 7 to 2 x 4
+    assert len(shards[0]) == len(shards[1]) == 4 and set(shards[0]) | set(shards[1]) == set(range(7))
+    assert len(set(shards[0]) & set(shards[1])) <= 1 and len(set(shards[0])) + len(set(shards[1])) >= 7
+    assert 'gone.jpg' in skipped
     ds2 = WiderFaceDataset(d)
     out = ds2[6]
     assert out['meta']['skipped'][0][0] == 'gone.jpg' and ds2.skipped['gone.jpg'] == 1
