@@ -41,11 +41,14 @@ class HeadCfg:
     scale_mode:int=2                # reference rule: Scale per level iff scale_mode>0 and (strides_share or scale_mode==2)
     use_kps:bool=False              # 5-point keypoint branch
     num_classes:int=1
-    num_anchors:int=2               # anchors per location (scales 1, 2; ratio 1)
     strides:tuple=(8, 16, 32)
     base_sizes:tuple=(16, 64, 256)  # anchor base size per level, px
     anchor_scales:tuple=(1, 2)
     reg_max:int=8                   # DFL leftover: only the `integral.project` buffer (linspace(0, reg_max, reg_max+1))
+    @property
+    def num_anchors(self) -> int:
+        "Anchors per location: one per scale (ratio 1)."
+        return len(self.anchor_scales)
     @property
     def use_scale(self) -> bool:
         "Whether each level multiplies its bbox output by a learnable `Scale` (spec §1.1 `scale_mode` rule)."
@@ -62,9 +65,7 @@ class ModelCfg:
 @dataclass(frozen=True)
 class AssignCfg:
     "ATSS assigner (spec §3.2)."
-    topk:int=9                      # candidates per level per gt, by centre distance
-    mode:int=0                      # centre-inside margin rule (0: normalised margin > 0.001)
-    ignore_iof_thr:float=-1.0       # ignore boxes are not used by the assigner
+    topk:int=9                      # candidates per level per gt, by centre distance (ignore boxes are not used: the reference's ignore_iof_thr is -1)
 
 @dataclass(frozen=True)
 class LossCfg:
@@ -80,9 +81,7 @@ class DetectCfg:
     "Test-time decoding, mmdet test path (spec §5.1)."
     score_thr:float=0.02            # keep score > thr
     nms_thr:float=0.45              # suppress IoU > thr (no +1)
-    nms_pre:int=-1                  # no top-k before NMS
-    max_per_img:int=-1
-    input_size:int=640
+    input_size:int=640              # square network input of the test (train-time evaluation uses data.img_size)
 
 @dataclass(frozen=True)
 class DataCfg:

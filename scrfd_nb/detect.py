@@ -87,6 +87,7 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
                      strides=STRIDES,
                      num_anchors:int=2,
                      host:bool=False,        # decode + NMS the survivors on the CPU (results on the CPU)
+                     nms_pre:int=-1,         # >0: only each image's `nms_pre` best-scoring candidates (all levels) go on
                     ) -> list[dict]:
     "Decode + threshold + NMS for a batch of flattened head outputs; one dict of tensors per image."
     cv = get_convention(mode)
@@ -95,6 +96,8 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
     B, dt = scores.shape[0], bbox.dtype
     fs = tuple((int(h), int(w)) for h, w in feat_sizes)
     mask = scores > score_thr if cv.strict_score else scores >= score_thr
+    if 0 < nms_pre < scores.shape[1]:   # mmdet's nms_pre over all levels: an immature model passes 0.02 everywhere
+        mask &= scores >= scores.topk(nms_pre, dim=1).values[:, -1:]
     b_idx, a_idx = mask.nonzero(as_tuple=True)                                         # host sync: survivors
     s, reg, off = scores[b_idx, a_idx], bbox[b_idx, a_idx], None if kps is None else kps[b_idx, a_idx]
     if host:  # after the threshold only a few rows remain: one copy, then tiny CPU ops instead of many kernel launches
@@ -137,10 +140,10 @@ def flatten_head_outputs(head_outputs, # (cls_list, bbox_list, kps_list or None)
 
 def postprocess(head_outputs,  # model(x): (cls_list, bbox_list, kps_list)
                 metas=None, mode='insightface', score_thr=None, nms_thr=None, rescale=True, max_num=0,
-                strides=STRIDES, host:bool=False) -> list[dict]:
+                strides=STRIDES, host:bool=False, nms_pre:int=-1) -> list[dict]:
     "`postprocess_flat` on the model's raw outputs (sigmoid of the logits, flattened in anchor order)."
     scores, bbox, kps, fs, A = flatten_head_outputs(head_outputs)
-    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A, host)
+    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A, host, nms_pre)
 
 # %% ../nbs/08_detect.ipynb #47b37546
 def _input_wh(input_size) -> tuple[int, int]:

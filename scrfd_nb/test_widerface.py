@@ -16,8 +16,9 @@ from .transforms import read_image, ImageError
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line
 
 # %% auto #0
-__all__ = ['test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner', 'load_runner', 'to_xywh',
-           'decode_batch', 'predict_widerface', 'compare_preds', 'score_preds', 'run_test', 'main']
+__all__ = ['GT_FOLDERS', 'test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner',
+           'load_runner', 'to_xywh', 'decode_batch', 'predict_widerface', 'compare_preds', 'score_preds', 'run_test',
+           'main']
 
 # %% ../nbs/18_test_widerface.ipynb #5ce4428e
 def test_sizes(mode:int) -> tuple:
@@ -46,14 +47,16 @@ def resize_for_test(img:np.ndarray, # (h, w, 3) uint8 BGR
     return resized, meta
 
 # %% ../nbs/18_test_widerface.ipynb #5cdb0132
+GT_FOLDERS = ('val/gt', 'gt', 'wider_face_split', 'ground_truth', 'eval_tools/ground_truth')  # where a WIDER root keeps the .mat files
+
 def wider_split(data_path) -> tuple[Path, Path|None, Path|None]:
-    "`(images_dir, labelv2 or None, gt_mat_dir or None)` of a WIDER-style folder."
-    d = Path(data_path)
-    if not d.is_dir(): raise FileNotFoundError(f"--data-path {d}: no such folder")
-    if (d/'val').is_dir(): d = d/'val'
+    "`(images_dir, labelv2 or None, gt_mat_dir or None)` of a WIDER-style folder (its root or its val/ folder)."
+    root = Path(data_path)
+    if not root.is_dir(): raise FileNotFoundError(f"--data-path {root}: no such folder")
+    d = root/'val' if (root/'val').is_dir() else root
     imgs = d/'images' if (d/'images').is_dir() else d
     lab = d/'labelv2.txt' if (d/'labelv2.txt').is_file() else None
-    gt = d/'gt' if (d/'gt'/'wider_face_val.mat').is_file() else None
+    gt = next((root/g for g in GT_FOLDERS if (root/g/'wider_face_val.mat').is_file()), None)
     return imgs, lab, gt
 
 def list_images(images_dir, labelv2=None) -> list[tuple[str, str, Path]]:
@@ -141,14 +144,17 @@ def to_xywh(boxes, scores) -> np.ndarray:
 
 def decode_batch(outs:list,        # export layout: per level scores (B, rows, 1), boxes (B, rows, 4)[, kps]
                  metas:list,       # per image: img_hw, scale, orig_hw, pad_hw (from `resize_for_test`)
-                 score_thr:float=0.02, nms_thr:float=0.45, strides=STRIDES) -> list[np.ndarray]:
+                 score_thr:float=0.02, nms_thr:float=0.45, strides=STRIDES,
+                 nms_pre:int=-1,   # >0: each image's best candidates only (`detect.postprocess_flat`)
+                ) -> list[np.ndarray]:
     "mmdet test-path detections per image as (n, 5) float32 `[x, y, w, h, score]` in original pixels."
     L = len(strides)
     scores = torch.cat(outs[:L], 1)[..., 0]
     bbox = torch.cat(outs[L:2*L], 1)
     fs = feat_sizes_for(*metas[0]['pad_hw'], strides)
     A = outs[0].shape[1] // (fs[0][0] * fs[0][1])
-    dets = postprocess_flat(scores, bbox, None, fs, metas, 'mmdet', score_thr, nms_thr, strides=strides, num_anchors=A)
+    dets = postprocess_flat(scores, bbox, None, fs, metas, 'mmdet', score_thr, nms_thr, strides=strides, num_anchors=A,
+                            nms_pre=nms_pre)
     return [to_xywh(d['boxes'].cpu().numpy(), d['scores'].cpu().numpy()) for d in dets]
 
 def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any callable with the export layout)
@@ -156,6 +162,7 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
                       mode:int=0, score_thr:float=0.02, nms_thr:float=0.45,
                       batch_size:int=1, workers:int=0, progress:bool=True,
                       failed:list|None=None,  # given: unreadable images go here as (path, message) and the run goes on
+                      nms_pre:int=-1,         # >0: each image's best candidates only (the trainer's evaluation: 1000)
                      ) -> dict:               # preds[event][name] = (n, 5) float32 x, y, w, h, score
     "Detections for every image with the reference test protocol, batched over images of equal padded shape."
     loader = torch.utils.data.DataLoader(_Images(items, mode), batch_size=batch_size, num_workers=workers,
@@ -173,7 +180,7 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
         for pad_hw, group in groups.items():
             metas = [m for _, m in group]
             x = make_batch([im for im, _ in group], pad_hw, 0.0, dev)     # mmdet pads with 0 after normalising
-            for m, d in zip(metas, decode_batch(runner(x), metas, score_thr, nms_thr)):
+            for m, d in zip(metas, decode_batch(runner(x), metas, score_thr, nms_thr, nms_pre=nms_pre)):
                 preds.setdefault(m['event'], {})[m['name']] = d
         if bar: bar.update(len(batch))
     if bar: bar.close()
@@ -212,7 +219,8 @@ def score_preds(preds:dict, gt) -> dict:
 
 # %% ../nbs/18_test_widerface.ipynb #23763bb2
 def run_test(weights, data_path, out, mode:int=0, thr:float=0.02, nms_thr:float=0.45, batch_size:int=1,
-             workers:int=0, device='cpu', config=None, gt=None, backend='torch', json_path=None, progress=True) -> dict:
+             workers:int=0, device='cpu', config=None, gt=None, backend='torch', json_path=None, progress=True,
+             nms_pre:int=-1) -> dict:
     "Check every input, predict, write the WIDER result files to `out`; `{'preds', 'aps', 'failed'}` (`aps` None without ground truth, `failed` the unreadable images)."
     from scrfd_nb.evaluate import write_pred_dir, load_gt
     images_dir, labelv2, gt_dir = wider_split(data_path)             # every input before the long pass
@@ -221,7 +229,7 @@ def run_test(weights, data_path, out, mode:int=0, thr:float=0.02, nms_thr:float=
     gt = load_gt(gt) if gt is not None else None                     # a bad --gt fails now, not after an hour
     runner = load_runner(weights, config, device, backend)
     failed = []
-    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress, failed)
+    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress, failed, nms_pre)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     write_pred_dir(preds, out)
     aps = None
@@ -246,6 +254,7 @@ def main(argv=None):
     ap.add_argument('--mode', type=_mode_arg, default=0, help="0: 640 with pad; 1: 1100x1650; 2: original size; N>30: NxN")
     ap.add_argument('--thr', type=UNIT, default=0.02, help="score threshold in [0, 1] (strict >)")
     ap.add_argument('--nms-thr', type=UNIT, default=0.45, help="NMS IoU threshold in [0, 1]")
+    ap.add_argument('--nms-pre', type=int, default=-1, help="candidates per image kept before NMS (-1: all, the reference; training evaluates with 1000)")
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=1)
     ap.add_argument('--workers', type=in_range(0, None, int), default=0, help="DataLoader workers reading and resizing images")
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")
@@ -267,7 +276,7 @@ def main(argv=None):
     try: dev = pick_device(a.device) if a.backend == 'torch' else 'cpu'
     except Exception as e: raise UsageError(f"--device {a.device}: {one_line(e)}") from None
     r = run_test(a.weights, a.data_path, a.out, a.mode, a.thr, a.nms_thr, a.batch_size, a.workers, dev, a.config,
-                 a.gt, a.backend, a.json, not a.no_progress)
+                 a.gt, a.backend, a.json, not a.no_progress, a.nms_pre)
     n = sum(len(v) for v in r['preds'].values())
     print(f"wrote {n} result files to {a.out}")
     if r['aps']: print('APS: easy {easy:.4f}  medium {medium:.4f}  hard {hard:.4f}'.format(**r['aps']))

@@ -264,3 +264,21 @@ def test_nan_lr_run_fails_without_writing(data, tmp_path):
                 '--warmup-iters', '1', '--max-nonfinite', '2', *TINY])
     assert r.returncode == 1 and 'loss not finite for 2 iterations in a row' in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
     assert 'Traceback' not in r.stderr and not list(work.glob('*.pth'))
+
+
+def test_training_ap_equals_test_widerface(data, tmp_path, shared):
+    "The AP the trainer logs is the AP test_widerface prints for the same weights, images and input size (one path)."
+    onnx = shared/'data'/'models'/'det_500m.onnx'
+    for nms_pre in ('0', '1000'):
+        work = tmp_path/f'e{nms_pre}'
+        r = launch(['--nproc', '1', '--device', 'cpu', '--data-path', str(data), '--work-dir', str(work), '--init-from', str(onnx),
+                    '--eval-only', '--img-size', '96', '--eval-nms-pre', nms_pre, '--no-progress'])
+        assert r.returncode == 0, r.stderr[-3000:]
+        logged = [json.loads(l) for l in (work/'metrics.jsonl').read_text().splitlines() if 'ap_hard' in l][-1]
+        t = run_py(['-m', 'scrfd_nb.test_widerface', '--weights', str(onnx), '--data-path', str(data), '--mode', '96',
+                    '--nms-pre', '-1' if nms_pre == '0' else nms_pre, '--out', str(tmp_path/f'o{nms_pre}'),
+                    '--json', str(tmp_path/f'aps{nms_pre}.json'), '--no-progress'])
+        assert t.returncode == 0, t.stderr[-3000:]
+        printed = json.loads((tmp_path/f'aps{nms_pre}.json').read_text())
+        assert {k: logged[f'ap_{k}'] for k in ('easy', 'medium', 'hard')} == printed, (logged, printed)
+        assert printed['hard'] > 0.3                     # a real detector on these faces, not two zeros
