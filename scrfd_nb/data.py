@@ -109,18 +109,6 @@ def parse_labelv2(path, # labelv2.txt
                         bboxes_ignore=np.array(ign, np.float32).reshape(-1, 4)))
     return out
 
-# %% ../nbs/11_data.ipynb #b639cd98
-def _compare_parse(recs, g, prefix):
-    "Assert parsed records equal the golden `dataset_parse.npz` entries under `prefix` (exact)."
-    assert len(recs) == int(g[prefix+'num_images']), (len(recs), int(g[prefix+'num_images']))
-    assert [r['filename'] for r in recs] == list(g[prefix+'filenames'])
-    assert [r['width'] for r in recs] == list(g[prefix+'widths']) and [r['height'] for r in recs] == list(g[prefix+'heights'])
-    for i, r in enumerate(recs):
-        p = f'{prefix}img{i}_'
-        for k, gk in [('bboxes','bboxes'), ('labels','labels'), ('keypoints','keypointss'), ('bboxes_ignore','bboxes_ignore')]:
-            a, b = r[k], g[p+gk]
-            assert a.shape == b.shape and np.array_equal(a, b.astype(a.dtype)), (p+gk, a.shape, b.shape)
-
 # %% ../nbs/11_data.ipynb #7f01be22
 SIZE_BINS = (0, 8, 16, 32, 64, 128, 256, 512)
 

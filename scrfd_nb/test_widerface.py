@@ -46,6 +46,8 @@ def resize_for_test(img:np.ndarray, # (h, w, 3) uint8 BGR
     meta['pad_hw'] = (ph if nh <= ph else _ceil32(nh), pw if nw <= pw else _ceil32(nw))
     return resized, meta
 
+test_sizes.__test__ = False   # a helper, not a pytest test: a bare `pytest` at the root collects this module
+
 # %% ../nbs/18_test_widerface.ipynb #5cdb0132
 GT_FOLDERS = ('val/gt', 'gt', 'wider_face_split', 'ground_truth', 'eval_tools/ground_truth')  # where a WIDER root keeps the .mat files
 
