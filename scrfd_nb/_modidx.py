@@ -634,12 +634,9 @@ d = { 'settings': { 'branch': 'main',
                                      'scrfd_nb.transforms.pipeline_steps': ('transforms.html#pipeline_steps', 'scrfd_nb/transforms.py'),
                                      'scrfd_nb.transforms.read_image': ('transforms.html#read_image', 'scrfd_nb/transforms.py'),
                                      'scrfd_nb.transforms.render_sample': ('transforms.html#render_sample', 'scrfd_nb/transforms.py'),
-                                     'scrfd_nb.transforms.rescale_size': ('transforms.html#rescale_size', 'scrfd_nb/transforms.py'),
                                      'scrfd_nb.transforms.resize_annotations': ( 'transforms.html#resize_annotations',
                                                                                  'scrfd_nb/transforms.py'),
                                      'scrfd_nb.transforms.sample_photometric': ( 'transforms.html#sample_photometric',
                                                                                  'scrfd_nb/transforms.py'),
                                      'scrfd_nb.transforms.sample_square_crop': ( 'transforms.html#sample_square_crop',
-                                                                                 'scrfd_nb/transforms.py'),
-                                     'scrfd_nb.transforms.test_mode_params': ('transforms.html#test_mode_params', 'scrfd_nb/transforms.py'),
-                                     'scrfd_nb.transforms.test_transform': ('transforms.html#test_transform', 'scrfd_nb/transforms.py')}}}
+                                                                                 'scrfd_nb/transforms.py')}}}

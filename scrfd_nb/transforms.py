@@ -14,8 +14,8 @@ import torch
 __all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
            'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
            'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls', 'photometric_normalize',
-           'TrainPipeline', 'naive_train_pipeline', 'test_mode_params', 'rescale_size', 'test_transform', 'denormalize',
-           'draw_targets', 'pipeline_steps', 'render_sample', 'MEAN', 'STD']
+           'TrainPipeline', 'naive_train_pipeline', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample',
+           'MEAN', 'STD']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -335,42 +335,6 @@ def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_
     trace('final', x, b, k, bi)
     return dict(img=x, gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
                 meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fb))
-
-# %% ../nbs/12_transforms.ipynb #c2dfea9f
-def test_mode_params(mode:int) -> dict:
-    "`tools/test_widerface.py --mode` → dict(scale=(a, b) or float factor, pad=(H, W) or None, size_divisor=int or None)."
-    if mode == 0: return dict(scale=(640, 640), pad=(640, 640), size_divisor=None)
-    if mode == 1: return dict(scale=(1100, 1650), pad=(1100, 1650), size_divisor=None)
-    if mode == 2: return dict(scale=1.0, pad=None, size_divisor=32)
-    if mode > 30: return dict(scale=(mode, mode), pad=(mode, mode), size_divisor=None)
-    raise ValueError(f"test mode must be 0, 1, 2 or > 30, got {mode}")
-
-def rescale_size(w:int, h:int, scale) -> tuple[int, int]:
-    "mmcv `rescale_size`: keep-ratio target size for a (a, b) scale (orientation-free) or a float factor."
-    f = scale if isinstance(scale, (int, float)) else min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(w * float(f) + 0.5), int(h * float(f) + 0.5)
-
-def test_transform(img:np.ndarray, # (h, w, 3) uint8 BGR
-                   mode:int=0, # test_widerface mode (ignored where `scale` is given)
-                   scale=None, # (a, b) keep-ratio bounds or a float factor
-                   pad=None, size_divisor=None, # pad to (H, W) and/or to a multiple of size_divisor
-                   mean:float=MEAN, std:float=STD) -> tuple[torch.Tensor, dict]:
-    "Keep-ratio resize + normalise + zero pad → ((3, H, W) float32 tensor, meta: ori_shape, img_shape, pad_shape, scale_factor (4,))."
-    if scale is None: scale, pad, size_divisor = (lambda p: (p['scale'], p['pad'], p['size_divisor']))(test_mode_params(mode))
-    h, w = img.shape[:2]
-    nw, nh = rescale_size(w, h, scale)
-    if (nw, nh) != (w, h): img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    sf = np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
-    H, W = pad if pad is not None else (nh, nw)
-    if nh > H or nw > W: size_divisor = size_divisor or 32; H, W = max(H, nh), max(W, nw)
-    if size_divisor: H, W = -(-H // size_divisor) * size_divisor, -(-W // size_divisor) * size_divisor
-    out = np.zeros((H, W, 3), np.float32)
-    m = np.array([[0, 0, 1 / std, -mean / std], [0, 1 / std, 0, -mean / std], [1 / std, 0, 0, -mean / std]], np.float32)
-    out[:nh, :nw] = cv2.transform(img.astype(np.float32), m)
-    return (torch.from_numpy(out).permute(2, 0, 1).contiguous(),
-            dict(ori_shape=(h, w), img_shape=(nh, nw), pad_shape=(H, W), scale_factor=sf))
-
-test_transform.__test__ = test_mode_params.__test__ = False  # not pytest tests, whatever their names
 
 # %% ../nbs/12_transforms.ipynb #5a956f05
 from .core import KPS_COLORS   # the one keypoint palette, as `detect.draw_detections` draws it
