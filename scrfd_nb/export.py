@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 from .anchors import STRIDES, flatten_level
 from .core import UsageError, run_cli, in_range, check_output, one_line
 
 # %% auto #0
-__all__ = ['conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'simplify_onnx', 'export_onnx', 'onnx_session',
-           'run_onnx', 'detect_onnx', 'check_export', 'main']
+__all__ = ['GROUPNORM_MODES', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'NativeGroupNorm',
+           'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session', 'run_onnx',
+           'check_graph', 'detect_onnx', 'check_export', 'main']
 
 # %% ../nbs/19_export.ipynb #125ff238
 def _fold_conv_bn(conv:nn.Conv2d, bn:nn.BatchNorm2d):
@@ -119,6 +121,51 @@ class ExportWrapper(nn.Module):
         if kps is not None: outs += [_FlattenLevel.apply(k, 10, self.legacy) for k in kps]
         return tuple(outs)
 
+# %% ../nbs/19_export.ipynb #e1b1787e
+class _GroupNormOp(torch.autograd.Function):
+    "F.group_norm in PyTorch; one opset-21 `GroupNormalization` node (per-channel scale and bias) in ONNX."
+    @staticmethod
+    def forward(ctx, x, num_groups:int, eps:float, weight, bias): return F.group_norm(x, num_groups, weight, bias, eps)
+    @staticmethod
+    def symbolic(g, x, num_groups, eps, weight, bias):
+        return g.op('GroupNormalization', x, weight, bias, num_groups_i=num_groups, epsilon_f=eps)
+
+class NativeGroupNorm(nn.Module):
+    "An `nn.GroupNorm` (its parameters shared, not copied) that exports as one `GroupNormalization` (opset ≥ 21)."
+    def __init__(self, gn:nn.GroupNorm):
+        super().__init__()
+        self.num_groups, self.eps, self.weight, self.bias = gn.num_groups, gn.eps, gn.weight, gn.bias
+    def forward(self, x): return _GroupNormOp.apply(x, self.num_groups, self.eps, self.weight, self.bias)
+
+class DecomposedGroupNorm(nn.Module):
+    "An `nn.GroupNorm` as ReduceMean / 1×1 Conv (group average) / Sub / Mul / Add / Sqrt / Div: no reshape, any opset."
+    def __init__(self, gn:nn.GroupNorm):
+        super().__init__()
+        C, G = gn.num_channels, gn.num_groups
+        grp = torch.arange(C) // (C // G)
+        A = (grp[:, None] == grp[None]).to(gn.weight.dtype) / (C // G)
+        self.register_buffer('avg', A.to(gn.weight.device)[:, :, None, None])   # (C, C, 1, 1)
+        self.eps, self.weight, self.bias = gn.eps, gn.weight, gn.bias
+    def forward(self, x):
+        d = x - F.conv2d(x.mean((2, 3), keepdim=True), self.avg)
+        var = F.conv2d((d * d).mean((2, 3), keepdim=True), self.avg)
+        return d / torch.sqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+GROUPNORM_MODES = ('instancenorm', 'native', 'decompose')
+
+def swap_groupnorm(model:nn.Module, mode:str='decompose') -> nn.Module:
+    "A copy of `model` whose `nn.GroupNorm`s export as `mode` (see `GROUPNORM_MODES`; 'instancenorm': PyTorch's default)."
+    if mode not in GROUPNORM_MODES: raise ValueError(f"groupnorm must be one of {', '.join(GROUPNORM_MODES)}, not {mode!r}")
+    m = copy.deepcopy(model)
+    if mode == 'instancenorm': return m
+    new = {}                                        # a GroupNorm shared by several parents is replaced by one module
+    for parent in list(m.modules()):
+        for name, c in list(parent.named_children()):
+            if isinstance(c, nn.GroupNorm):
+                if id(c) not in new: new[id(c)] = NativeGroupNorm(c) if mode == 'native' else DecomposedGroupNorm(c)
+                setattr(parent, name, new[id(c)])
+    return m
+
 # %% ../nbs/19_export.ipynb #e91038b5
 def _has_kps(model):
     u = getattr(model, 'use_kps', None)
@@ -134,6 +181,22 @@ def _fix_last_dims(path, names):
         d = o.type.tensor_type.shape.dim[-1]
         d.ClearField('dim_param'); d.dim_value = {'score': 1, 'bbox': 4, 'kps': 10}[o.name.split('_')[0]]
     onnx.save(m, str(path))
+
+def _annotate_groupnorm(path):
+    "Declare each `GroupNormalization` output's shape (its input's: ONNX 1.23's shape inference leaves it unknown)."
+    import onnx
+    m = onnx.load(str(path))
+    gns = [n for n in m.graph.node if n.op_type == 'GroupNormalization']
+    done = set()
+    while len(done) < len(gns):                       # each pass reaches at least the next GroupNormalization
+        vi = {v.name: v for v in onnx.shape_inference.infer_shapes(m).graph.value_info}
+        vi.update({v.name: v for v in m.graph.input})
+        new = [n for n in gns if n.output[0] not in done and n.input[0] in vi]
+        if not new: raise RuntimeError(f"{path}: cannot infer the input shape of a GroupNormalization")
+        for n in new:
+            v = copy.deepcopy(vi[n.input[0]]); v.name = n.output[0]
+            m.graph.value_info.append(v); done.add(n.output[0])
+    if gns: onnx.save(m, str(path))
 
 def _import_onnxsim():
     try: import onnxsim
@@ -160,12 +223,15 @@ def export_onnx(model:nn.Module,         # SCRFD model (left untouched: BN is fo
                 opset:int=11,            # ONNX opset (>= 11)
                 fuse:bool=True,          # fold BatchNorm into the convolutions first
                 simplify:bool=False,     # run onnx-simplifier afterwards (needs `onnxsim`)
+                groupnorm:str='instancenorm', # GroupNorm as: 'instancenorm' (PyTorch's), 'native' (opset ≥ 21), 'decompose'
                ) -> Path:
     "Export `model` to ONNX with input `input.1` and the official output names; returns the path written."
     if legacy and batch_size != 1: raise ValueError("the legacy layout has no batch dimension: batch_size must be 1")
     if opset < 11: raise ValueError(f"opset {opset} < 11 is not supported")
+    if groupnorm == 'native' and opset < 21:
+        raise ValueError(f"groupnorm='native' needs opset >= 21 (GroupNormalization-18 is deprecated), not {opset}")
     if simplify: _import_onnxsim()                                       # fail before the (slow) export
-    net = fuse_model(model) if fuse else copy.deepcopy(model).eval()
+    net = swap_groupnorm(fuse_model(model) if fuse else model.eval(), groupnorm)   # a copy either way
     names = output_names(_has_kps(net))
     p = next(net.parameters())
     x = torch.randn(batch_size, 3, *shape, generator=torch.Generator().manual_seed(0)).to(p)
@@ -185,6 +251,7 @@ def export_onnx(model:nn.Module,         # SCRFD model (left untouched: BN is fo
                           input_names=['input.1'], output_names=names, dynamic_axes=axes, do_constant_folding=True)
     _fix_last_dims(out, names)
     if simplify: simplify_onnx(out, None if dynamic else tuple(x.shape))
+    if groupnorm == 'native': _annotate_groupnorm(out)             # after onnxsim, which drops value_info
     return out
 
 # %% ../nbs/19_export.ipynb #c5ff7486
@@ -202,6 +269,26 @@ def run_onnx(session, # an onnxruntime session or a path
     x = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     outs = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})
     return [o[None] if o.ndim == 2 else o for o in outs]
+
+# %% ../nbs/19_export.ipynb #2a1490c8
+def check_graph(path,              # an .onnx file
+                static:bool=False, # also require a static shape on every value (a simplified fixed-shape export)
+               ) -> dict:          # {op_type: count}
+    "Full ONNX check + strict shape inference with data propagation; raises if anything fails. Returns the op counts."
+    import onnx
+    from collections import Counter
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    inf = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    if static:
+        vals = list(inf.graph.value_info) + list(inf.graph.output)
+        known = {v.name for v in vals}
+        missing = [o for n in inf.graph.node for o in n.output if o and o not in known]
+        bad = [v.name for v in vals if not v.type.tensor_type.HasField('shape') or
+               any(not d.HasField('dim_value') for d in v.type.tensor_type.shape.dim)]
+        if missing or bad: raise ValueError(f"{path}: {len(missing) + len(bad)} values without a static shape, "
+                                            f"e.g. {(missing + bad)[0]!r}")
+    return dict(Counter(n.op_type for n in inf.graph.node))
 
 # %% ../nbs/19_export.ipynb #4d36669d
 def detect_onnx(session,               # onnxruntime session or path of an SCRFD .onnx (ours or official)
@@ -240,7 +327,10 @@ def main(argv=None):
     ap.add_argument('--dynamic', action='store_true', help="dynamic axes even with --shape")
     ap.add_argument('--legacy', action='store_true', help="older model-zoo layout: 2-D (rows, C) outputs, batch 1")
     ap.add_argument('--simplify', action='store_true', help="run onnx-simplifier (needs the onnxsim package)")
-    ap.add_argument('--opset', type=in_range(11, None, int), default=11)
+    ap.add_argument('--opset', type=in_range(11, None, int), help="ONNX opset (default 11, 21 with --groupnorm native)")
+    ap.add_argument('--groupnorm', choices=GROUPNORM_MODES, default='instancenorm', help=
+        "GroupNorm as PyTorch writes it (instancenorm: Reshape/InstanceNormalization), one GroupNormalization node "
+        "(native, opset >= 21) or plain ReduceMean/Conv/Sub/Mul/Sqrt/Div arithmetic without reshapes (decompose)")
     ap.add_argument('--no-fuse', action='store_true', help="keep BatchNorm layers")
     ap.add_argument('--no-check', action='store_true', help="skip the onnxruntime comparison")
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
@@ -250,6 +340,8 @@ def main(argv=None):
     if a.simplify:
         try: _import_onnxsim()
         except ImportError: ap.error("--simplify needs onnx-simplifier: pip install onnxsim (or export without --simplify)")
+    if a.opset is None: a.opset = 21 if a.groupnorm == 'native' else 11
+    if a.groupnorm == 'native' and a.opset < 21: ap.error(f"--groupnorm native needs --opset 21 or more, not {a.opset}")
     if a.out: check_output(a.out, [a.weights], '--out')                # before loading: never over the weights
     from scrfd_nb.model import build_model, load_model
     try: model = load_model(a.weights, a.config) if a.weights else build_model(a.config).eval()
@@ -258,7 +350,7 @@ def main(argv=None):
     shape = tuple(a.shape) if a.shape else (640, 640)
     out = a.out or f"{model.cfg.name}{'' if a.shape is None else f'_shape{shape[0]}x{shape[1]}'}.onnx"
     check_output(out, [a.weights], '--out')
-    path = export_onnx(model, out, shape, a.batch_size, dynamic, a.legacy, a.opset, not a.no_fuse, a.simplify)
+    path = export_onnx(model, out, shape, a.batch_size, dynamic, a.legacy, a.opset, not a.no_fuse, a.simplify, a.groupnorm)
     print(f"wrote {path} ({model.cfg.name}, {'dynamic' if dynamic else 'fixed'} {shape[0]}x{shape[1]}, "
           f"batch {'dynamic' if dynamic and not a.legacy else a.batch_size}, {'legacy 2-D' if a.legacy else '3-D'} outputs)")
     if not a.no_check:

@@ -187,3 +187,79 @@ def test_simplify_without_onnxsim(tmp_path):
     except ImportError: pass
     with pytest.raises(ImportError, match='onnxsim'):
         export_onnx(build_model('scrfd_500m'), tmp_path/'s.onnx', shape=(64, 64), simplify=True)
+
+
+
+def _gn_perturbed(name):
+    "A random variant with non-trivial outputs, cheaper than perturbed_model: head predictors x10, random GroupNorm affine."
+    torch.manual_seed(0)
+    m = build_model(name).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d) and mod.weight.std() < 0.02:      # predictors: N(0, 0.01), cls bias -4.6
+                mod.weight.mul_(10)
+                if mod.bias is not None: mod.bias.zero_()
+            if isinstance(mod, nn.GroupNorm):
+                mod.weight.copy_(torch.rand(mod.num_channels, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(mod.num_channels, generator=g) * 0.1)
+    return m
+
+
+def _gn_calls(m, x):
+    n = [0]
+    hooks = [mod.register_forward_hook(lambda *a: n.__setitem__(0, n[0] + 1)) for mod in m.modules() if isinstance(mod, nn.GroupNorm)]
+    with torch.no_grad(): m(x)
+    for h in hooks: h.remove()
+    return n[0]
+
+
+GN_CASES = [(n, 'decompose') for n in ['scrfd_500m', 'scrfd_1g', 'scrfd_2.5g', 'scrfd_10g', 'scrfd_34g']] + \
+           [(n, 'native') for n in ['scrfd_500m', 'scrfd_2.5g']]
+
+
+@pytest.mark.parametrize('name,mode', GN_CASES)
+def test_groupnorm_export(name, mode, tmp_path):
+    """No InstanceNormalization: one GroupNormalization (opset 21) or one Sqrt per GroupNorm call; checker + strict shape
+    inference on the dynamic file (and, for scrfd_500m, a fixed simplified file whose every value has a static shape);
+    onnxruntime = PyTorch at two shapes and batches. (10g/34g: decompose only, each export takes 10 s on a busy CPU.)"""
+    from scrfd_nb.export import check_graph
+    m = _gn_perturbed(name)
+    x1 = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    x3 = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    n_calls = _gn_calls(m, x1)
+    assert n_calls >= 2
+    opset = 21 if mode == 'native' else 11
+    want = {'native': (0, n_calls, 0), 'decompose': (0, 0, n_calls)}[mode]
+    count = lambda ops: (ops.get('InstanceNormalization', 0), ops.get('GroupNormalization', 0), ops.get('Sqrt', 0))
+    with torch.no_grad(): r1, r3 = ExportWrapper(m)(x1), ExportWrapper(m)(x3)
+    assert float(r1[0].std()) > 1e-2                                     # scores are not trivial
+    dyn = export_onnx(m, tmp_path/'dyn.onnx', shape=(64, 64), opset=opset, groupnorm=mode)
+    assert count(check_graph(dyn)) == want
+    s = onnx_session(dyn)
+    assert_same(run_onnx(s, x1), r1)
+    assert_same(run_onnx(s, x3), r3)
+    if name == 'scrfd_500m':
+        fixed = export_onnx(m, tmp_path/'fixed.onnx', shape=(96, 128), dynamic=False, opset=opset, groupnorm=mode,
+                            simplify=True)
+        assert count(check_graph(fixed, static=True)) == want
+        assert_same(run_onnx(fixed, x1), r1)
+        # the default export is the InstanceNormalization pattern, and is not all-static even when fixed
+        default = export_onnx(m, tmp_path/'d.onnx', shape=(96, 128), dynamic=False)
+        assert count(check_graph(default)) == (n_calls, 0, 0)
+        with pytest.raises(ValueError, match='without a static shape'): check_graph(default, static=True)
+
+
+def test_groupnorm_official_weights(shared, tmp_path):
+    "The official scrfd_500m.onnx (InstanceNormalization inside) re-exported both ways: model.detect's 29 faces."
+    from scrfd_nb.export import check_graph
+    model = load_model(shared/'data'/'models'/'scrfd_500m.onnx')
+    img = _img('solvay_conference_1927.jpg')
+    rb, rs, _ = model.detect(img)
+    assert len(rb) == 29
+    for mode, opset in [('native', 21), ('decompose', 11)]:
+        p = export_onnx(model, tmp_path/f'{mode}.onnx', shape=(320, 320), opset=opset, groupnorm=mode)
+        assert 'InstanceNormalization' not in check_graph(p)
+        b, s, _ = detect_onnx(p, img)
+        np.testing.assert_allclose(b, rb, atol=1e-3)
+        np.testing.assert_allclose(s, rs, atol=1e-5)
