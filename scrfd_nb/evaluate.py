@@ -13,7 +13,8 @@ from .core import UsageError, run_cli, in_range, check_output, one_line
 # %% auto #0
 __all__ = ['SETTINGS', 'WiderGT', 'load_gt_mat', 'load_gt_labelv2', 'load_gt', 'write_pred_dir', 'read_pred_dir', 'wider_iou',
            'image_eval', 'pr_thresholds', 'image_pr_info', 'voc_ap', 'norm_scores', 'flatten_preds', 'evaluate_flat',
-           'evaluate_widerface', 'golden_preds', 'plot_pr', 'main']
+           'evaluate_widerface', 'golden_preds', 'plot_pr', 'greedy_match', 'landmark_nme', 'evaluate_landmarks',
+           'main']
 
 # %% ../nbs/14_evaluate.ipynb #778b1918
 SETTINGS = ('easy', 'medium', 'hard')
@@ -27,6 +28,7 @@ class WiderGT:
     offsets: np.ndarray    # (n_img+1,) int64
     keep: np.ndarray       # (G, 3) bool: face counted in easy / medium / hard
     num_faces: np.ndarray  # (n_img, 3) int64: faces counted per image and setting
+    kps: np.ndarray|None = None  # (G, 5, 3) float64 [x, y, annotated 0/1] five keypoints (labelv2 19-value lines), or None
     def __len__(self): return len(self.names)
     def __repr__(self):
         return (f"WiderGT({len(self)} images, {len(self.boxes)} faces, counted easy/medium/hard "
@@ -80,10 +82,10 @@ def _split_image_path(p:str) -> tuple:
     return (p.parent.name if str(p.parent) not in ('', '.') else ''), p.stem
 
 def load_gt_labelv2(path) -> WiderGT:
-    "Ground truth from a labelv2 file with boxes: every face counts in all three settings (5-value lines flagged 1 are ignore boxes)."
+    "Ground truth from a labelv2 file: every face counts in all three settings (5-value lines flagged 1 are ignore boxes); keypoints of 19-value lines."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such labelv2 file")
-    events, names, boxes, keeps = [], [], [], []
+    events, names, boxes, keeps, kps, any_kps = [], [], [], [], [], False
     for ln, line in enumerate(_text(path).splitlines(), 1):
         s = line.strip()
         if not s: continue
@@ -100,11 +102,17 @@ def load_gt_labelv2(path) -> WiderGT:
         if len(v) not in (4, 5, 19): raise ValueError(f"{path}:{ln}: expected 4, 5 or 19 values, got {len(v)}")
         boxes[-1].append([v[0], v[1], v[2] - v[0], v[3] - v[1]])
         keeps[-1].append(not (len(v) == 5 and v[4] == 1))
+        k = np.zeros((5, 3))
+        if len(v) == 19:                           # x y flag per keypoint; all three -1: not annotated (data.py's rule)
+            k = np.array(v[4:19]).reshape(5, 3); any_kps = True
+            k[:, 2] = ~(k == -1).all(1)
+        kps.append(k)
     keep = np.array([k for ks in keeps for k in ks], dtype=bool)
     cnt = np.array([sum(k) for k in keeps], dtype=np.int64)
     return WiderGT(events, names, np.array([b for bs in boxes for b in bs], dtype=np.float64).reshape(-1, 4),
                    np.concatenate(([0], np.cumsum([len(b) for b in boxes]))).astype(np.int64),
-                   np.repeat(keep[:, None], 3, 1), np.repeat(cnt[:, None], 3, 1))
+                   np.repeat(keep[:, None], 3, 1), np.repeat(cnt[:, None], 3, 1),
+                   np.array(kps, np.float64).reshape(-1, 5, 3) if any_kps else None)
 
 def load_gt(gt) -> WiderGT:
     "A `WiderGT` from a `.mat` folder, a labelv2 file, or an already loaded `WiderGT`."
@@ -118,45 +126,56 @@ def load_gt(gt) -> WiderGT:
 def write_pred_dir(preds:dict, # preds[event][name] = (n, 5) [x, y, w, h, score]
                    out_dir,
                    fmt:str='%.9g',  # number format (the reference: '%.5f' coords, '%g' score)
+                   kps:dict|None=None, # kps[event][name] = (n, 5, 2) keypoints: 15-number lines (box, score, keypoints)
                   ) -> Path:
-    "Write predictions as WIDER result files `out_dir/<event>/<name>.txt`."
+    "Write predictions as WIDER result files `out_dir/<event>/<name>.txt` (with `kps`: `x y w h score x1 y1 ... x5 y5`)."
     out_dir = Path(out_dir)
     for ev, imgs in preds.items():
         (out_dir/ev).mkdir(parents=True, exist_ok=True)
         for nm, v in imgs.items():
             v = np.asarray(v).reshape(-1, 5)
+            if kps is not None: v = np.concatenate([v, np.asarray(kps[ev][nm], v.dtype).reshape(len(v), 10)], 1)
             lines = [f'{ev}/{nm}.jpg' if ev else f'{nm}.jpg', str(len(v))]
             lines += [' '.join(fmt % x for x in row) for row in v.tolist()]
             (out_dir/ev/f'{nm}.txt').write_text('\n'.join(lines) + '\n')
     return out_dir
 
 def _read_pred_file(f:Path, dtype) -> tuple:
-    "One WIDER result file -> (image name without extension, (n, 5) array)."
+    "One WIDER result file -> (image name without extension, (n, 5) array, or (n, 15) when its lines carry keypoints)."
     lines = _text(f).splitlines()
     if len(lines) < 2: raise ValueError(f"{f}: expected an image-name line and a count line, got {len(lines)} line(s)")
     name = Path(lines[0].strip()).stem or f.stem
     try: n = int(lines[1].strip())
     except ValueError: raise ValueError(f"{f}:2: expected the number of boxes, got {lines[1]!r}") from None
-    rows = []
+    rows, want = [], "5 numbers 'x y w h score' (or 15: then 'x1 y1 ... x5 y5')"
     for ln, line in enumerate(lines[2:], 3):
         if not line.strip(): continue
         try: v = [float(x) for x in line.split()]
-        except ValueError: raise ValueError(f"{f}:{ln}: expected 5 numbers 'x y w h score', got {line!r}") from None
-        if len(v) != 5: raise ValueError(f"{f}:{ln}: expected 5 numbers 'x y w h score', got {len(v)}")
+        except ValueError: raise ValueError(f"{f}:{ln}: expected {want}, got {line!r}") from None
+        if len(v) not in (5, 15): raise ValueError(f"{f}:{ln}: expected {want}, got {len(v)}")
+        if rows and len(v) != len(rows[0]): raise ValueError(f"{f}:{ln}: {len(v)} numbers after lines of {len(rows[0])}")
         if not all(map(math.isfinite, v)): raise ValueError(f"{f}:{ln}: non-finite value (nan or inf) in {line.strip()!r}")
         rows.append(v)
     if len(rows) != n: raise ValueError(f"{f}:2: the count line says {n} boxes but {len(rows)} box lines follow")
-    return name, np.array(rows, dtype=dtype).reshape(-1, 5)
+    return name, np.array(rows, dtype=dtype).reshape(-1, len(rows[0]) if rows else 5)
 
-def read_pred_dir(pred_dir, dtype=np.float32) -> dict:
-    "Read WIDER result files `pred_dir/<event>/<name>.txt` into `preds[event][name] = (n, 5)` arrays."
+def read_pred_dir(pred_dir, dtype=np.float32,
+                  with_kps:bool=False, # also return kps[event][name] = (n, 5, 2) (None when no file has keypoints)
+                 ) -> dict:            # preds[event][name] = (n, 5); with `with_kps`: (preds, kps)
+    "Read WIDER result files `pred_dir/<event>/<name>.txt` into `preds[event][name] = (n, 5)` arrays (and keypoints)."
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir(): raise FileNotFoundError(f"{pred_dir}: no such prediction folder")
     preds = {}
     for ev in sorted(p for p in pred_dir.iterdir() if p.is_dir()):
         preds[ev.name] = dict(_read_pred_file(f, dtype) for f in sorted(ev.glob('*.txt')))
     if not preds: raise FileNotFoundError(f"{pred_dir}: no <event>/<name>.txt result files inside")
-    return preds
+    widths = {v.shape[1] for imgs in preds.values() for v in imgs.values() if len(v)}
+    if with_kps and len(widths) > 1:
+        raise ValueError(f"{pred_dir}: some result files have keypoints (15 numbers a line), others not (5)")
+    kps = ({e: {n: v[:, 5:].reshape(-1, 5, 2) if v.shape[1] == 15 else np.zeros((0, 5, 2), dtype)
+                for n, v in imgs.items()} for e, imgs in preds.items()} if widths == {15} else None)
+    preds = {e: {n: v[:, :5] for n, v in imgs.items()} for e, imgs in preds.items()}
+    return (preds, kps) if with_kps else preds
 
 # %% ../nbs/14_evaluate.ipynb #ba9555a2
 def wider_iou(pred:np.ndarray, # (n, >=4) [x, y, w, h, ...] predictions (their dtype is kept for corners and areas)
@@ -403,16 +422,73 @@ def plot_pr(res:dict,          # result of `evaluate_widerface`
     if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
     return fig
 
+# %% ../nbs/14_evaluate.ipynb #7a850160
+def greedy_match(pred:np.ndarray,  # (n, 5) [x, y, w, h, score]
+                 gt:np.ndarray,    # (g, 4) [x, y, w, h]
+                 iou_thresh:float=0.5,
+                ) -> np.ndarray:   # (g,) int: the prediction row matched to each face, -1 for none
+    "One-to-one matching: by decreasing score (ties: row order), each prediction takes the free face of highest IoU ≥ thr."
+    match = np.full(len(gt), -1, np.int64)
+    if len(pred) == 0 or len(gt) == 0: return match
+    o = wider_iou(pred, gt)
+    for r in np.argsort(-np.asarray(pred)[:, 4], kind='stable'):
+        cand = np.where(match < 0, o[r], -1.0)
+        j = int(cand.argmax())
+        if cand[j] >= iou_thresh: match[j] = r
+    return match
+
+def landmark_nme(pred:np.ndarray,     # (n, 5) [x, y, w, h, score]
+                 pred_kps:np.ndarray, # (n, 5, 2) predicted keypoints
+                 gt:np.ndarray,       # (g, 4) [x, y, w, h]
+                 gt_kps:np.ndarray,   # (g, 5, 3) [x, y, annotated]
+                 iou_thresh:float=0.5,
+                ) -> np.ndarray:      # (g,) float64 NME per face; nan when unmatched or without annotated keypoints
+    "Per face: mean L2 keypoint error over its annotated keypoints / √(w·h) of its box, for the prediction matched to it."
+    gt_kps = np.asarray(gt_kps, np.float64).reshape(-1, 5, 3)
+    nme = np.full(len(gt), np.nan)
+    match = greedy_match(pred, gt, iou_thresh)
+    vis = gt_kps[..., 2] > 0
+    ok = (match >= 0) & vis.any(1)
+    if not ok.any(): return nme
+    d = np.linalg.norm(np.asarray(pred_kps, np.float64).reshape(-1, 5, 2)[match[ok]] - gt_kps[ok, :, :2], axis=-1)
+    size = np.sqrt(np.asarray(gt, np.float64)[ok, 2] * np.asarray(gt, np.float64)[ok, 3])
+    nme[ok] = (d * vis[ok]).sum(1) / vis[ok].sum(1) / size
+    return nme
+
+# %% ../nbs/14_evaluate.ipynb #90b987be
+def evaluate_landmarks(preds:dict,   # preds[event][name] = (n, 5) [x, y, w, h, score]
+                       kps:dict,     # kps[event][name] = (n, 5, 2)
+                       gt,           # WiderGT with keypoints, or a labelv2 file with 19-value lines
+                       iou_thresh:float=0.5,
+                       thresholds=(0.1,), # report the fraction of matched faces with NME below each
+                      ) -> dict:     # {'nme', 'faces', 'matched', 'below': {thr: fraction}, 'errors': (G,)}
+    "Five-keypoint NME (RetinaFace's convention: normalised by √(w·h) of the ground-truth box) over matched faces."
+    gt = load_gt(gt)
+    if gt.kps is None: raise ValueError("the ground truth has no keypoints (a labelv2 file with 19-value face lines has)")
+    err = np.full(len(gt.boxes), np.nan)
+    for i, (ev, nm) in enumerate(zip(gt.events, gt.names)):
+        s = slice(gt.offsets[i], gt.offsets[i + 1])
+        p = np.asarray(preds.get(ev, {}).get(nm, np.zeros((0, 5))), np.float64).reshape(-1, 5)
+        k = np.asarray(kps.get(ev, {}).get(nm, np.zeros((0, 5, 2))), np.float64).reshape(-1, 5, 2)
+        if len(p) != len(k): raise ValueError(f"{ev}/{nm}: {len(p)} boxes but {len(k)} keypoint sets")
+        err[s] = landmark_nme(p, k, gt.boxes[s], gt.kps[s], iou_thresh)
+    faces = int((gt.keep[:, 0] & (gt.kps[..., 2] > 0).any(1)).sum())
+    e = err[gt.keep[:, 0] & ~np.isnan(err)]
+    return dict(nme=float(e.mean()) if len(e) else float('nan'), faces=faces, matched=len(e),
+                below={float(t): float((e < t).mean()) if len(e) else float('nan') for t in thresholds}, errors=err)
+
 # %% ../nbs/14_evaluate.ipynb #5deeffb2
 def main(argv=None):
-    "CLI: WIDER FACE Easy/Medium/Hard AP of a folder of result files."
+    "CLI: WIDER FACE Easy/Medium/Hard AP of a folder of result files (and the landmark NME when both sides have keypoints)."
     ap = argparse.ArgumentParser(prog='python -m scrfd_nb.evaluate', description=main.__doc__)
-    ap.add_argument('--pred', required=True, help='folder of WIDER result files <event>/<name>.txt')
+    ap.add_argument('--pred', required=True, help='folder of WIDER result files <event>/<name>.txt (lines of 5 numbers, or 15 with keypoints)')
     ap.add_argument('--gt', required=True, help='folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat, or a labelv2 file')
     ap.add_argument('--json', help='write {"easy": ap, "medium": ap, "hard": ap} there')
     ap.add_argument('--plot', help='save the precision-recall figure there (.png, .pdf, ...)')
     ap.add_argument('--iou', type=in_range(0, 1, lo_open=True), default=0.5, help='IoU threshold in (0, 1] (default 0.5)')
     ap.add_argument('--allow-missing', action='store_true', help='images without a result file count as having no detections')
+    ap.add_argument('--nme-thr', type=in_range(0, None, lo_open=True), default=0.1,
+                    help='report the fraction of matched faces whose landmark NME is below this (default 0.1)')
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     inputs = [a.pred, a.gt, *(Path(a.pred).glob('*/*.txt') if Path(a.pred).is_dir() else [])]
@@ -420,13 +496,24 @@ def main(argv=None):
         if o: check_output(o, inputs, arg)
     if a.json and a.plot and Path(a.json).resolve() == Path(a.plot).resolve(): raise UsageError(f"--json and --plot are both {a.json}")
     try:
-        res = evaluate_widerface(a.pred, a.gt, a.iou, missing='empty' if a.allow_missing else 'error')
+        preds, kps = read_pred_dir(a.pred, with_kps=True)
+        gt = load_gt(a.gt)
+        res = evaluate_widerface(preds, gt, a.iou, missing='empty' if a.allow_missing else 'error')
     except KeyError as e: raise ValueError(e.args[0]) from None     # missing images: the message says --allow-missing
     print('==================== Results ====================')
     for s in SETTINGS: print(f"{s.capitalize():6s} Val AP: {res[s]:.6f}")
+    out = {s: res[s] for s in SETTINGS}
+    if kps is not None and gt.kps is not None:
+        lm = evaluate_landmarks(preds, kps, gt, a.iou, (a.nme_thr,))
+        print(f"Landmark NME: {lm['nme']:.6f} ({lm['matched']} of {lm['faces']} faces with keypoints matched at IoU >= {a.iou:g}; "
+              f"error / sqrt(w*h) of the face box)")
+        print(f"NME < {a.nme_thr:g}: {100 * lm['below'][a.nme_thr]:.2f} % of the matched faces")
+        out.update(nme=lm['nme'], nme_below={str(a.nme_thr): lm['below'][a.nme_thr]}, nme_faces=lm['faces'], nme_matched=lm['matched'])
+        res['landmarks'] = lm
+    elif kps is not None: print('note: the predictions have keypoints but the ground truth has none: no landmark error', file=sys.stderr)
     print('=================================================')
     if a.json:
-        Path(a.json).write_text(json.dumps({s: res[s] for s in SETTINGS}, indent=1) + '\n')
+        Path(a.json).write_text(json.dumps(out, indent=1) + '\n')
     if a.plot:
         import matplotlib; matplotlib.use('Agg')
         plot_pr(res, path=a.plot)
