@@ -16,7 +16,7 @@ from .core import UsageError, run_cli, in_range, check_output, one_line
 # %% auto #0
 __all__ = ['GROUPNORM_MODES', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'NativeGroupNorm',
            'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session', 'run_onnx',
-           'check_graph', 'detect_onnx', 'check_export', 'main']
+           'check_graph', 'detect_onnx', 'to_fp16', 'calib_images', 'quantize_int8', 'check_export', 'main']
 
 # %% ../nbs/19_export.ipynb #125ff238
 def _fold_conv_bn(conv:nn.Conv2d, bn:nn.BatchNorm2d):
@@ -306,6 +306,64 @@ def detect_onnx(session,               # onnxruntime session or path of an SCRFD
     d = postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr)[0]
     return (d['boxes'].numpy(), d['scores'].numpy(), None if d['kps'] is None else d['kps'].numpy())
 
+# %% ../nbs/19_export.ipynb #93f739b0
+def _toposort(graph):
+    "Reorder `graph.node` so that every node comes after the producers of its inputs (the ONNX checker requires it)."
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {''}
+    todo, order = list(graph.node), []
+    while todo:
+        ready = [n for n in todo if all(i in known for i in n.input)]
+        if not ready: raise ValueError("the graph has a cycle or an input nothing produces")
+        for n in ready: known.update(n.output)
+        order += ready; todo = [n for n in todo if all(n is not r for r in ready)]
+    del graph.node[:]; graph.node.extend(order)
+
+def to_fp16(src, dst) -> Path:
+    "Write `src` (an fp32 .onnx) as float16 to `dst`, fp32 input and outputs kept (Cast nodes at the boundary)."
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16, DEFAULT_OP_BLOCK_LIST
+    m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + ['Resize'])
+    _toposort(m.graph)                      # the converter appends its input Casts at the end
+    onnx.save(m, str(dst))
+    return Path(dst)
+
+def calib_images(folder, limit:int|None=None) -> list[Path]:
+    "Image files (jpg/jpeg/png/bmp, any depth, sorted) under `folder`, at most `limit`; `ValueError` when there are none."
+    exts = {'.jpg', '.jpeg', '.png', '.bmp'}
+    files = sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in exts)
+    if not files: raise ValueError(f"{folder}: no calibration images (.jpg, .jpeg, .png, .bmp) inside")
+    return files[:limit] if limit else files
+
+def quantize_int8(src, dst,              # fp32 .onnx in, QDQ int8 .onnx out
+                  calib,                 # a folder of images, or a list of image paths
+                  num_images:int=32,     # calibration images used (the first ones, sorted by path)
+                  input_size=640,        # the preprocessing's input size (int or (W, H)); a fixed-shape file's size
+                  per_channel:bool=True, # int8 weights per output channel (else per tensor)
+                 ) -> Path:
+    "Static int8 quantisation (onnxruntime, QDQ, MinMax) calibrated on images through `detect.preprocess`."
+    import tempfile, cv2
+    from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationDataReader
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from scrfd_nb.detect import preprocess
+    files = calib if isinstance(calib, (list, tuple)) else calib_images(calib, num_images)
+    class Reader(CalibrationDataReader):
+        def __init__(self): self.it = iter(files)
+        def get_next(self):
+            f = next(self.it, None)
+            if f is None: return None
+            img = cv2.imread(str(f))
+            if img is None: raise ValueError(f"{f}: not a readable image")
+            return {'input.1': preprocess([img], input_size)[0].numpy()}
+    import onnx
+    with tempfile.TemporaryDirectory() as d:
+        pre, m = Path(d)/'pre.onnx', onnx.load(str(src))
+        if m.opset_import[0].version < 13:     # per-channel DequantizeLinear (its `axis`) needs opset 13
+            onnx.save(onnx.version_converter.convert_version(m, 13), str(pre)); src = pre
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=per_channel)
+    return Path(dst)
+
 # %% ../nbs/19_export.ipynb #113961d0
 def check_export(model:nn.Module, path, shape=(640, 640), batch_size:int=1, legacy:bool=False, seed:int=0) -> float:
     "Max |onnxruntime − PyTorch| over all outputs of the exported file on a random input."
@@ -331,6 +389,10 @@ def main(argv=None):
     ap.add_argument('--groupnorm', choices=GROUPNORM_MODES, default='instancenorm', help=
         "GroupNorm as PyTorch writes it (instancenorm: Reshape/InstanceNormalization), one GroupNormalization node "
         "(native, opset >= 21) or plain ReduceMean/Conv/Sub/Mul/Sqrt/Div arithmetic without reshapes (decompose)")
+    ap.add_argument('--fp16', action='store_true', help="write the model in float16 (fp32 input and outputs kept)")
+    ap.add_argument('--int8', action='store_true', help="write a static int8 model (onnxruntime, QDQ), calibrated on --calib")
+    ap.add_argument('--calib', help="folder of calibration images for --int8 (read recursively)")
+    ap.add_argument('--calib-images', type=in_range(1, None, int), default=32, help="calibration images used (default 32)")
     ap.add_argument('--no-fuse', action='store_true', help="keep BatchNorm layers")
     ap.add_argument('--no-check', action='store_true', help="skip the onnxruntime comparison")
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
@@ -341,6 +403,13 @@ def main(argv=None):
         try: _import_onnxsim()
         except ImportError: ap.error("--simplify needs onnx-simplifier: pip install onnxsim (or export without --simplify)")
     if a.opset is None: a.opset = 21 if a.groupnorm == 'native' else 11
+    if a.fp16 and a.int8: ap.error("--fp16 and --int8 are exclusive")
+    if a.int8 and not a.calib: ap.error("--int8 needs --calib DIR (images to calibrate the activation ranges on)")
+    if a.calib and not a.int8: ap.error("--calib is only used with --int8")
+    if a.calib:
+        if not Path(a.calib).is_dir(): ap.error(f"--calib {a.calib}: no such folder")
+        try: calib_images(a.calib)
+        except ValueError as e: raise UsageError(f"--calib {e}") from None
     if a.groupnorm == 'native' and a.opset < 21: ap.error(f"--groupnorm native needs --opset 21 or more, not {a.opset}")
     if a.out: check_output(a.out, [a.weights], '--out')                # before loading: never over the weights
     from scrfd_nb.model import build_model, load_model
@@ -350,13 +419,20 @@ def main(argv=None):
     shape = tuple(a.shape) if a.shape else (640, 640)
     out = a.out or f"{model.cfg.name}{'' if a.shape is None else f'_shape{shape[0]}x{shape[1]}'}.onnx"
     check_output(out, [a.weights], '--out')
-    path = export_onnx(model, out, shape, a.batch_size, dynamic, a.legacy, a.opset, not a.no_fuse, a.simplify, a.groupnorm)
+    check_output(out, [a.weights, a.calib], '--out')
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmpd:
+        fp32 = Path(tmpd)/'fp32.onnx' if a.fp16 or a.int8 else out
+        path = export_onnx(model, fp32, shape, a.batch_size, dynamic, a.legacy, a.opset, not a.no_fuse, a.simplify, a.groupnorm)
+        if a.fp16: path = to_fp16(path, out)
+        if a.int8: path = quantize_int8(path, out, a.calib, a.calib_images, (shape[1], shape[0]))
     print(f"wrote {path} ({model.cfg.name}, {'dynamic' if dynamic else 'fixed'} {shape[0]}x{shape[1]}, "
-          f"batch {'dynamic' if dynamic and not a.legacy else a.batch_size}, {'legacy 2-D' if a.legacy else '3-D'} outputs)")
+          f"batch {'dynamic' if dynamic and not a.legacy else a.batch_size}, {'legacy 2-D' if a.legacy else '3-D'} outputs"
+          f"{', float16' if a.fp16 else ', int8 QDQ' if a.int8 else ''})")
     if not a.no_check:
         err = check_export(model, path, shape, 1 if a.legacy else a.batch_size, a.legacy)
-        print(f"onnxruntime vs PyTorch: max |diff| {err:.2e}")
-        if err > 1e-3: raise SystemExit(f"{path}: onnxruntime differs from PyTorch by {err:.3g}")
+        print(f"onnxruntime vs PyTorch: max |diff| {err:.2e}" + (" (reduced precision: not checked against a bound)" if a.fp16 or a.int8 else ""))
+        if err > 1e-3 and not (a.fp16 or a.int8): raise SystemExit(f"{path}: onnxruntime differs from PyTorch by {err:.3g}")
     return path
 
 # %% ../nbs/19_export.ipynb #ef988e3c

@@ -263,3 +263,84 @@ def test_groupnorm_official_weights(shared, tmp_path):
         b, s, _ = detect_onnx(p, img)
         np.testing.assert_allclose(b, rb, atol=1e-3)
         np.testing.assert_allclose(s, rs, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def d500_fp32(tmp_path_factory):
+    from conftest import require_shared
+    model = load_model(require_shared()/'data'/'models'/'det_500m.onnx')
+    d = tmp_path_factory.mktemp('d500')
+    return model, export_onnx(model, d/'fp32.onnx', shape=(320, 320), dynamic=False), d
+
+
+def test_fp16_export(d500_fp32):
+    "Float16 inside, fp32 interface kept; scores within 5e-3, boxes within 0.05 stride units; the same faces."
+    from scrfd_nb.export import to_fp16, check_graph
+    import onnx
+    model, p32, d = d500_fp32
+    p16 = to_fp16(p32, d/'fp16.onnx')
+    ops = check_graph(p16)
+    g = onnx.load(str(p16))
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in g.graph.initializer) > 50
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and i.dims and np.prod(i.dims) > 16 for i in g.graph.initializer
+                   if 'Resize' not in i.name)                         # every conv weight is fp16
+    assert ops['Cast'] >= 10                                          # input + 9 outputs at least
+    s16, s32 = onnx_session(p16), onnx_session(p32)
+    assert [(i.name, i.type) for i in s16.get_inputs() + s16.get_outputs()] == \
+           [(i.name, i.type) for i in s32.get_inputs() + s32.get_outputs()]
+    img = _img('solvay_conference_1927.jpg')
+    from scrfd_nb.detect import preprocess
+    x = preprocess([img], 320)[0]
+    o32, o16 = run_onnx(s32, x), run_onnx(s16, x)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(o32[:3], o16[:3])) < 5e-3
+    assert max(float(np.abs(a - b).max()) for a, b in zip(o32[3:], o16[3:])) < 5e-2
+    b32, _, _ = detect_onnx(s32, img, input_size=320)
+    b16, _, _ = detect_onnx(s16, img, input_size=320)
+    assert len(b16) == len(b32) > 10
+    np.testing.assert_allclose(b16, b32, atol=1.5)
+
+
+def test_int8_export_and_cli(d500_fp32, tmp_path, shared):
+    "QDQ int8 calibrated on the reference photos: Q/DQ around every conv, fp32 interface, >= 80 % of the fp32 faces."
+    from scrfd_nb.export import quantize_int8, check_graph, main
+    model, p32, d = d500_fp32
+    p8 = quantize_int8(p32, d/'int8.onnx', shared/'data'/'images', input_size=320)
+    ops = check_graph(p8)
+    assert ops['DequantizeLinear'] >= ops['Conv'] >= 50 and ops['QuantizeLinear'] >= ops['Conv']
+    img = _img('solvay_conference_1927.jpg')
+    b32, _, _ = detect_onnx(p32, img, input_size=320)
+    b8, _, _ = detect_onnx(p8, img, input_size=320)
+    from scrfd_nb.boxes import box_iou
+    iou = box_iou(torch.as_tensor(b32), torch.as_tensor(b8)).numpy() if len(b8) else np.zeros((len(b32), 0))
+    assert (iou.max(1) >= 0.5).mean() >= 0.8, (len(b32), len(b8))
+    # the CLI: --int8 without --calib, a --calib folder without images, then a real run
+    from scrfd_nb.core import run_cli
+    import contextlib, io
+    for argv, msg in [(['--int8'], 'needs --calib'), (['--int8', '--calib', str(tmp_path)], 'no calibration images'),
+                      (['--calib', str(tmp_path)], 'only used with --int8'), (['--fp16', '--int8', '--calib', '.'], 'exclusive')]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert run_cli(main, ['--config', 'scrfd_500m', '--out', str(tmp_path/'x.onnx'), *argv]) == 2
+        assert msg in err.getvalue(), err.getvalue()
+    assert not (tmp_path/'x.onnx').exists()
+    r = subprocess.run([sys.executable, '-m', 'scrfd_nb.export', '--config', 'scrfd_500m_bnkps', '--shape', '128', '128',
+                        '--int8', '--calib', str(shared/'data'/'images'), '--out', str(tmp_path/'q.onnx')],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert 'int8 QDQ' in r.stdout and 'QuantizeLinear' in check_graph(tmp_path/'q.onnx')
+
+
+def test_simplify_keeps_parity(tmp_path):
+    "onnx-simplifier on a dynamic keypoint model: no Shape chains left that a fixed graph folds, same outputs."
+    pytest.importorskip('onnxsim')
+    from scrfd_nb.export import check_graph
+    m = perturbed_model('scrfd_500m_bnkps')
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(): ref = ExportWrapper(m)(x)
+    plain = check_graph(export_onnx(m, tmp_path/'p.onnx', shape=(96, 160), dynamic=False))
+    p = export_onnx(m, tmp_path/'s.onnx', shape=(96, 160), batch_size=2, dynamic=False, simplify=True)
+    ops = check_graph(p, static=True)
+    assert 'Shape' in plain and 'Shape' not in ops and sum(ops.values()) < sum(plain.values())
+    assert_same(run_onnx(p, x), ref)
+    pd = export_onnx(m, tmp_path/'sd.onnx', shape=(96, 160), simplify=True)
+    assert_same(run_onnx(pd, x), ref)
