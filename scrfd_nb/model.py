@@ -19,7 +19,7 @@ from .core import MEAN, STD, bgr_to_input, one_line
 __all__ = ['SCRFD', 'build_model', 'LoadReport', 'unwrap_state_dict', 'load_reference_state_dict', 'reference_state_dict',
            'normalize_bgr', 'read_onnx_layers', 'infer_onnx_variant', 'load_onnx_weights', 'load_onnx_model',
            'conv_norm_pairs', 'onnx_layout', 'checkpoint_dict', 'save_model', 'infer_state_dict_variant', 'load_model',
-           'letterbox', 'layer_outputs', 'show_feature']
+           'letterbox', 'layer_outputs', 'show_feature', 'OnnxDetector']
 
 # %% ../nbs/05_model.ipynb #b466c254
 class SCRFD(nn.Module):
@@ -388,3 +388,25 @@ def show_feature(model:SCRFD, image_bgr:np.ndarray, i:int, size:int=640, outs:li
     for a in axs: a.axis('off')
     fig.suptitle(f'{i}: {name}  {tuple(t.shape)}', fontsize=10)
     return fig
+
+# %% ../nbs/05_model.ipynb #8b0dbb96
+class OnnxDetector:
+    "A snapshot of an SCRFD model exported to ONNX and run by onnxruntime on the CPU; `detect` as `SCRFD.detect`, one image."
+    def __init__(self, model:nn.Module,    # any SCRFD model (left untouched)
+                 threads:int|None=None,    # onnxruntime intra-op threads (None: onnxruntime's default)
+                ):
+        import tempfile, onnxruntime as ort
+        from scrfd_nb.export import export_onnx
+        so = ort.SessionOptions(); so.log_severity_level = 3
+        if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+        with tempfile.TemporaryDirectory() as d:     # onnxruntime reads the file into memory
+            p = export_onnx(model, Path(d)/'model.onnx', shape=(640, 640))
+            self.session = ort.InferenceSession(str(p), sess_options=so, providers=['CPUExecutionProvider'])
+        self.threads, self.name = threads, getattr(getattr(model, 'cfg', None), 'name', None)
+    def __repr__(self): return f"OnnxDetector({self.name}, threads={self.threads})"
+    def detect(self, image_bgr,             # (h, w, 3) uint8 BGR array or an image path
+               score_thr:float=0.5, nms_thr:float=0.4, input_size=640, mode:str='insightface',
+              ) -> tuple:                   # boxes (N, 4), scores (N,), kps (N, 5, 2) or None; numpy
+        "Faces in one image, decoded exactly like `model.detect`."
+        from scrfd_nb.export import detect_onnx
+        return detect_onnx(self.session, image_bgr, score_thr, nms_thr, input_size, mode)
