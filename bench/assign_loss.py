@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from scrfd_nb.anchors import grid_anchors, feat_sizes_for, flatten_level
 from scrfd_nb.boxes import distance2bbox, kps2distance, aligned_iou, box_iou
 from scrfd_nb.losses import compute_loss, pad_targets, quality_focal_loss, diou_loss, smooth_l1
+from scrfd_nb.config import SCRFDConfig
 
 INF = 1e8
 
@@ -131,7 +132,7 @@ def main(argv=None):
     for B in a.batch:
         outs, boxes, kps = make_batch(B, rng)
         gb, gk, gm = pad_targets(boxes, kps)
-        t_ours, w_ours, r1 = timed(lambda o: compute_loss(o, gb, gk, gm), outs, a.repeat)
+        t_ours, w_ours, r1 = timed(lambda o: compute_loss(o, gb, gk, gm, SCRFDConfig()), outs, a.repeat)   # default head, reference weights
         t_naive, w_naive, r2 = timed(lambda o: naive_loss(o, boxes, kps), outs, a.repeat)
         for k in ('loss_cls', 'loss_bbox', 'loss_kps'):                       # same numbers
             assert torch.allclose(r1[k], r2[k], rtol=1e-4), (k, r1[k], r2[k])

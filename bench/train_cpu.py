@@ -43,12 +43,13 @@ def main(argv=None):
         with record_function('## forward'): outs = model(batch['images'])
         t1 = time.perf_counter()
         with record_function('## targets'):
-            anchors = grid_anchors([tuple(c.shape[-2:]) for c in outs[0]], model.strides, device=dev)
-            tg = build_targets(anchors, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], 9, dense=False)
+            h = model.cfg.model.head
+            anchors = grid_anchors([tuple(c.shape[-2:]) for c in outs[0]], h.strides, h.base_sizes, h.anchor_scales, device=dev)
+            tg = build_targets(anchors, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], model.cfg.assign.topk, dense=False)
         t2 = time.perf_counter()
         with record_function('## losses'):
-            l = compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], use_kps=model.use_kps,
-                             strides=model.strides, anchors=anchors, cfg=model.cfg, targets=tg)
+            l = compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], model.cfg, use_kps=model.use_kps,
+                             anchors=anchors, targets=tg)
             loss = sum(l[k] for k in LOSS_KEYS if k in l)
         t3 = time.perf_counter()
         with record_function('## backward'): loss.backward()
@@ -96,11 +97,11 @@ def meta_dry_run(model, batch):
         return real_tensor(*args, **kw)
     torch.autocast, torch.tensor = (lambda *a, **k: contextlib.nullcontext()), spy   # autocast has no 'meta' backend
     try:
-        compute_loss(mo, meta(batch['gt_boxes']), meta(batch['gt_kps']), batch['gt_mask'].to('meta'), use_kps=model.use_kps,
-                     strides=model.strides, cfg=model.cfg)   # first call fills the anchor cache
+        compute_loss(mo, meta(batch['gt_boxes']), meta(batch['gt_kps']), batch['gt_mask'].to('meta'), model.cfg,
+                     use_kps=model.use_kps)   # first call fills the anchor cache
         calls.clear()
-        l = compute_loss(mo, meta(batch['gt_boxes']), meta(batch['gt_kps']), batch['gt_mask'].to('meta'), use_kps=model.use_kps,
-                         strides=model.strides, cfg=model.cfg)
+        l = compute_loss(mo, meta(batch['gt_boxes']), meta(batch['gt_kps']), batch['gt_mask'].to('meta'), model.cfg,
+                         use_kps=model.use_kps)
         sum(l[k] for k in LOSS_KEYS if k in l).backward()
         print("\n# meta-device dry run of targets + losses + backward (the accelerator code path): OK, no op that reads "
               "tensor values on the host")

@@ -7,19 +7,19 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 import torch
+from .config import HeadCfg
 
 # %% auto #0
-__all__ = ['STRIDES', 'BASE_SIZES', 'SCALES', 'ANCHOR_OFFSET', 'feat_sizes_for', 'anchor_centers', 'grid_anchors',
-           'flatten_level', 'flatten_levels']
+__all__ = ['STRIDES', 'ANCHOR_OFFSET', 'feat_sizes_for', 'anchor_centers', 'grid_anchors', 'flatten_level', 'flatten_levels']
 
 # %% ../nbs/06_anchors.ipynb #752fcf8b
-STRIDES = (8, 16, 32)       # feature-map strides of the three levels
-BASE_SIZES = (16, 64, 256)  # anchor base size per level
-SCALES = (1, 2)             # anchor side = base size x scale; one anchor per scale at every location
+_HEAD = HeadCfg()           # the default head: every default below is read from it, never restated
+STRIDES = _HEAD.strides     # derived, not a setting: `HeadCfg().strides`, for callers that have no configuration at hand
 ANCHOR_OFFSET = 0.0         # the reference puts anchor centres at (x*s, y*s), the cell's top-left corner
 
 def feat_sizes_for(h:int, w:int, # input image height and width in pixels (multiples of 32 in practice)
-                   strides=STRIDES) -> list[tuple[int,int]]:
+                   strides=_HEAD.strides, # the head's `strides`
+                  ) -> list[tuple[int,int]]:
     "Feature-map sizes `[(H_l, W_l)]` the network produces for an `h`x`w` input."
     return [(math.ceil(h/s), math.ceil(w/s)) for s in strides]
 
@@ -34,7 +34,8 @@ def _centers(feat_sizes, strides, num_anchors, device, dtype):
     return tuple(out)
 
 def anchor_centers(feat_sizes, # [(H_l, W_l)] per level
-                   strides=STRIDES, num_anchors:int=2, device=None, dtype=torch.float32) -> list[torch.Tensor]:
+                   strides=_HEAD.strides, num_anchors:int=_HEAD.num_anchors, # the head's `strides` and `num_anchors`
+                   device=None, dtype=torch.float32) -> list[torch.Tensor]:
     "Per level, the `(H·W·A, 2)` anchor centres `(x·s, y·s)` in pixels, in the head's output order (y, x, anchor)."
     fs = tuple((int(h), int(w)) for h, w in feat_sizes)
     return list(_centers(fs, tuple(strides), num_anchors, torch.device(device or 'cpu'), dtype))
@@ -49,7 +50,8 @@ def _boxes(feat_sizes, strides, base_sizes, scales, device, dtype):
     return tuple(out)
 
 def grid_anchors(feat_sizes, # [(H_l, W_l)] per level
-                 strides=STRIDES, base_sizes=BASE_SIZES, scales=SCALES, device=None, dtype=torch.float32) -> list[torch.Tensor]:
+                 strides=_HEAD.strides, base_sizes=_HEAD.base_sizes, scales=_HEAD.anchor_scales, # the head's
+                 device=None, dtype=torch.float32) -> list[torch.Tensor]:
     "Per level, `(H·W·A, 4)` anchor boxes `x1,y1,x2,y2` in pixels, in the head's output order (cached; read-only)."
     fs = tuple((int(h), int(w)) for h, w in feat_sizes)
     return list(_boxes(fs, tuple(strides), tuple(base_sizes), tuple(scales), torch.device(device or 'cpu'), dtype))

@@ -10,26 +10,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .anchors import grid_anchors, flatten_level, STRIDES, BASE_SIZES, SCALES
+from .config import SCRFDConfig, AssignCfg, LossCfg, get_config
+from .anchors import grid_anchors, flatten_level
 from .boxes import distance2bbox, kps2distance, aligned_iou
 from .assign import atss_assign_batched
 from .runtime import reduce_mean
 
 # %% auto #0
-__all__ = ['QFL_BETA', 'DIOU_EPS', 'KPS_BETA', 'LOSS_WEIGHTS', 'W_MIN', 'quality_focal_loss', 'qfl_soft_target', 'diou_loss',
-           'smooth_l1', 'weight_reduce', 'build_targets', 'compute_loss', 'pad_targets', 'model_loss']
+__all__ = ['DIOU_EPS', 'W_MIN', 'quality_focal_loss', 'qfl_soft_target', 'diou_loss', 'smooth_l1', 'weight_reduce',
+           'build_targets', 'compute_loss', 'pad_targets', 'model_loss']
 
 # %% ../nbs/10_losses.ipynb #7bcf1564
-QFL_BETA = 2.0          # Quality Focal Loss exponent
 DIOU_EPS = 1e-6         # DIoULoss eps (class default in the reference)
-KPS_BETA = 1 / 9        # SmoothL1 beta of the keypoint loss
-LOSS_WEIGHTS = dict(cls=1.0, bbox=2.0, kps=0.1)   # loss_weight of QFL, DIoU, SmoothL1 in the SCRFD configs
 W_MIN = 1e-6            # floor of the score normaliser W: no positive at all gives 0 box/kps loss instead of 0/0 = NaN
 
 # %% ../nbs/10_losses.ipynb #864439d0
 def quality_focal_loss(logits:Tensor,      # (..., C) raw class logits
                        soft_target:Tensor, # (..., C) quality target in [0, 1]: IoU at a positive's class, 0 elsewhere
-                       beta:float=QFL_BETA,
+                       beta:float=LossCfg().qfl_beta,
                       ) -> Tensor:         # (..., C) per-element loss
     "QFL per element: `BCEWithLogits(x, y) · |y − σ(x)|^β`."
     return F.binary_cross_entropy_with_logits(logits, soft_target, reduction='none') * (soft_target - logits.sigmoid()).abs().pow(beta)
@@ -64,7 +62,7 @@ def diou_loss(pred:Tensor,    # (..., 4) x1, y1, x2, y2
 
 # %% ../nbs/10_losses.ipynb #3f9f5bad
 def smooth_l1(pred:Tensor, target:Tensor, # same shape
-              beta:float=KPS_BETA,
+              beta:float=LossCfg().kps_beta,
              ) -> Tensor:                  # per element
     "SmoothL1 per element: `0.5·d²/β` if `d < β` else `d − 0.5·β`, `d = |pred − target|`."
     d = (pred - target).abs()
@@ -98,7 +96,7 @@ def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
                   gt_boxes:Tensor,           # (B, G, 4) xyxy px, padded
                   gt_kps:Tensor|None,        # (B, G, 5, 3) x, y px + visibility weight; None: no keypoints
                   gt_mask:Tensor,            # (B, G) bool
-                  topk:int=9,
+                  topk:int=AssignCfg().topk,
                   dense:bool=True,           # also gather per-anchor targets (B, A, ·)
                   grid=None,                 # per level (H, W, A) when `anchors` come from `grid_anchors` (faster ATSS)
                  ) -> dict:
@@ -123,50 +121,53 @@ def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
     return out
 
 # %% ../nbs/10_losses.ipynb #f2362016
-def _cfg_get(cfg, path:str, default):
-    for p in path.split('.'):
-        if cfg is None or not hasattr(cfg, p): return default
-        cfg = getattr(cfg, p)
+def _run_config(cfg, who:str) -> SCRFDConfig:
+    "The `SCRFDConfig` the losses read (a preset name is looked up); anything else is an error, never a silent default."
+    if isinstance(cfg, str): return get_config(cfg)
+    if cfg is None or not all(hasattr(cfg, k) for k in ('model', 'loss', 'assign')):
+        raise TypeError(f"{who} needs the run's SCRFDConfig (or a preset name), got {cfg!r}: the anchors "
+                        "(cfg.model.head), the loss weights (cfg.loss) and the ATSS topk (cfg.assign) come from it, "
+                        "e.g. cfg=model.cfg or cfg=get_config('scrfd_500m')")
     return cfg
 
 def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|None): per level (B, A·C, H, W) raw outputs
                  gt_boxes:Tensor,             # (B, G, 4) xyxy px, padded
                  gt_kps:Tensor|None,          # (B, G, 5, 3) x, y px + visibility; None: no keypoint annotations
                  gt_mask:Tensor,              # (B, G) bool, True for real faces
+                 cfg:SCRFDConfig|str,         # the run's configuration: strides and anchor sizes, loss weights, ATSS topk
                  use_kps:bool|None=None,      # default: whether the model produced keypoints
-                 strides:Sequence[int]=STRIDES,
-                 anchors:Sequence[Tensor]|None=None, # per level (H·W·A, 4) px; default: `grid_anchors` for the output sizes
-                 cfg=None,                    # optional SCRFDConfig: loss weights, ATSS topk, anchor sizes
+                 anchors:Sequence[Tensor]|None=None, # per level (H·W·A, 4) px; default: `grid_anchors` of cfg's head for the output sizes
                  targets:dict|None=None,      # precomputed `build_targets` output
                 ) -> dict:
     "SCRFD losses of a batch (QFL + DIoU [+ kps SmoothL1]) with the reference normalisation, in fp32, sync-free."
+    cfg = _run_config(cfg, 'compute_loss')
+    head, lc, topk = cfg.model.head, cfg.loss, cfg.assign.topk
+    strides = tuple(head.strides)
     cls_list, bbox_list, kps_list = head_outputs
     use_kps = (kps_list is not None) if use_kps is None else (use_kps and kps_list is not None)
     dev = cls_list[0].device
     dt = torch.promote_types(cls_list[0].dtype, torch.float32)          # fp32 (or fp64 if the outputs are)
-    wts = dict(cls=_cfg_get(cfg, 'loss.cls_weight', LOSS_WEIGHTS['cls']), bbox=_cfg_get(cfg, 'loss.bbox_weight', LOSS_WEIGHTS['bbox']),
-               kps=_cfg_get(cfg, 'loss.kps_weight', LOSS_WEIGHTS['kps']))
-    beta, kbeta = _cfg_get(cfg, 'loss.qfl_beta', QFL_BETA), _cfg_get(cfg, 'loss.kps_beta', KPS_BETA)
+    wts = dict(cls=lc.cls_weight, bbox=lc.bbox_weight, kps=lc.kps_weight)
+    beta, kbeta = lc.qfl_beta, lc.kps_beta
     na = bbox_list[0].shape[1] // 4                                     # anchors per location
     C = cls_list[0].shape[1] // na
     with torch.autocast(dev.type, enabled=False):
         grid = None
         if anchors is None:
             grid = [(*c.shape[-2:], na) for c in cls_list]
-            anchors = grid_anchors([tuple(c.shape[-2:]) for c in cls_list], tuple(strides),
-                                   _cfg_get(cfg, 'model.head.base_sizes', BASE_SIZES), _cfg_get(cfg, 'model.head.anchor_scales', SCALES),
+            anchors = grid_anchors([tuple(c.shape[-2:]) for c in cls_list], strides, head.base_sizes, head.anchor_scales,
                                    device=dev, dtype=torch.float32)
         gt_boxes, gt_mask = gt_boxes.to(dev), gt_mask.to(dev)
         if use_kps:
             nk = kps_list[0].shape[1] // na // 2
             gt_kps = gt_boxes.new_zeros((*gt_boxes.shape[:2], nk, 3)) if gt_kps is None else gt_kps.to(dev)  # none annotated: weight 0
         if targets is None:
-            targets = build_targets(anchors, gt_boxes, gt_kps if use_kps else None, gt_mask, _cfg_get(cfg, 'assign.topk', 9), dense=False, grid=grid)
+            targets = build_targets(anchors, gt_boxes, gt_kps if use_kps else None, gt_mask, topk, dense=False, grid=grid)
         cand, ps, lvl = targets['candidates'], targets['pos_slots'], targets['slot_level']
         B, G, K = cand.shape
         L = len(anchors)
         bounds = np.cumsum([0] + [a.shape[0] for a in anchors])
-        ks = np.cumsum([0] + [min(_cfg_get(cfg, 'assign.topk', 9), a.shape[0]) for a in anchors])
+        ks = np.cumsum([0] + [min(topk, a.shape[0]) for a in anchors])
         bidx = torch.arange(B, device=dev)[:, None, None]
         zero = cls_list[0].new_zeros((), dtype=dt)
         # Work on the raw (B, A·C, H, W) layout: no flatten copies of the big outputs. Per level, the positives'
@@ -184,7 +185,7 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
         cat = lambda xs: torch.cat(xs, 2).reshape(B, G * K, xs[0].shape[-1])       # (B, G·K, ·) slots
         idx, psf = cand.reshape(B, G * K), ps.reshape(B, G * K)
         ctr_all = torch.cat([(a[:, :2] + a[:, 2:]).to(dt) / 2 / s for a, s in zip(anchors, strides)])  # (A, 2) stride units
-        st = _stride_table(tuple(strides), dev, dt)[lvl].repeat(G)[None, :, None]  # (1, GK, 1), table cached per device
+        st = _stride_table(strides, dev, dt)[lvl].repeat(G)[None, :, None]  # (1, GK, 1), table cached per device
         ctr = ctr_all[idx]                                                         # (B, GK, 2)
         pred = distance2bbox(ctr, cat(box_s))                                      # decoded positives, stride units
         tgt = gt_boxes.to(dt)[:, :, None, :].expand(B, G, K, 4).reshape(B, G * K, 4) / st
@@ -239,15 +240,15 @@ def pad_targets(list_boxes,             # per image (G_i, 4) xyxy px (tensor or 
             gk[i, :n[i]] = torch.as_tensor(np.asarray(k.cpu() if isinstance(k, Tensor) else k, np.float32)).reshape(n[i], 5, 3)
     return gb.to(device), gk.to(device), gm.to(device)
 
-def model_loss(model,                  # SCRFD (or anything with `.strides`, `.use_kps` returning raw head outputs)
+def model_loss(model,                  # SCRFD (or anything with `.cfg`, `.use_kps` returning raw head outputs)
                images:Tensor,          # (B, 3, H, W) normalised
                gt_bboxes,              # per image (G_i, 4) xyxy px
                gt_keypoints=None,      # per image (G_i, 5, 3) x, y, visibility; None for models/data without keypoints
                gt_bboxes_ignore=None,  # accepted, unused (reference configs: ignore_iof_thr = -1)
               ) -> dict:
     "Forward `images` and return the loss dict of `compute_loss` (`loss_cls`, `loss_bbox`[, `loss_kps`], per level, `num_pos`)."
-    use_kps = bool(getattr(model, 'use_kps', True))
+    cfg = _run_config(getattr(model, 'cfg', None), 'model_loss (through model.cfg)')
+    use_kps = bool(getattr(model, 'use_kps', cfg.model.head.use_kps))
     gb, gk, gm = pad_targets(gt_bboxes, gt_keypoints if use_kps else None, device=images.device)
     outs = model(images)
-    return compute_loss(outs, gb, gk if use_kps else None, gm, use_kps=use_kps,
-                        strides=tuple(getattr(model, 'strides', STRIDES)), cfg=getattr(model, 'cfg', None))
+    return compute_loss(outs, gb, gk if use_kps else None, gm, cfg, use_kps=use_kps)

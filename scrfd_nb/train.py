@@ -357,15 +357,14 @@ def to_device(batch:dict, device, channels_last:bool) -> dict:
     if channels_last: out['images'] = out['images'].contiguous(memory_format=torch.channels_last)
     return out
 
-def compute_losses(model:nn.Module, # the unwrapped SCRFD (strides, use_kps, cfg)
+def compute_losses(model:nn.Module, # the unwrapped SCRFD (its cfg and use_kps)
                    head_outputs,    # (cls_list, bbox_list, kps_list) from model(images)
                    batch:dict,      # collated batch on the device
                   ) -> dict:
     "Loss terms of one batch in fp32 (targets are assigned inside)."
     outs = [None if o is None else [t.float() for t in o] for o in head_outputs]
     with torch.autocast(batch['images'].device.type, enabled=False):
-        return compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'],
-                            use_kps=model.use_kps, strides=model.strides, cfg=model.cfg)
+        return compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], model.cfg, use_kps=model.use_kps)
 
 # %% ../nbs/16_train.ipynb #a82deb44
 def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre:int=1000) -> dict|None:

@@ -8,6 +8,7 @@ import torch
 from scrfd_nb.anchors import grid_anchors, feat_sizes_for
 from scrfd_nb.assign import atss_assign, assigned_labels
 from scrfd_nb.losses import build_targets, compute_loss, model_loss, pad_targets
+from scrfd_nb.config import SCRFDConfig
 from scrfd_nb.model import build_model, load_reference_state_dict, normalize_bgr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +205,23 @@ def test_rectangular_input_grid_path_equals_generic_anchors():
     rng = np.random.default_rng(0)
     gb, gk, gm = pad_targets([np.array([[10., 12, 40, 50], [100, 20, 150, 90]]), np.array([[60., 30, 90, 70]])],
                              [rng.random((2, 5, 3)) * 90, rng.random((1, 5, 3)) * 90])
-    r1 = compute_loss(outs, gb, gk, gm)
-    r2 = compute_loss(outs, gb, gk, gm, anchors=grid_anchors(fs))
+    cfg = SCRFDConfig()   # the default head (strides 8/16/32, the anchors of grid_anchors' defaults) and loss weights
+    r1 = compute_loss(outs, gb, gk, gm, cfg)
+    r2 = compute_loss(outs, gb, gk, gm, cfg, anchors=grid_anchors(fs))
     assert int(r1['num_pos']) == int(r2['num_pos']) > 0
     for k in LOSS_KEYS: assert torch.equal(r1[k], r2[k]), k
-    r0 = compute_loss(outs, torch.zeros(B, 0, 4), torch.zeros(B, 0, 5, 3), torch.zeros(B, 0, dtype=torch.bool))
+    r0 = compute_loss(outs, torch.zeros(B, 0, 4), torch.zeros(B, 0, 5, 3), torch.zeros(B, 0, dtype=torch.bool), cfg)
     assert r0['loss_bbox'].item() == 0 and r0['loss_kps'].item() == 0 and torch.isfinite(r0['loss_cls'])
+
+
+def test_losses_need_a_configuration():
+    "No silent module defaults: without a configuration (or a model that carries one) the losses refuse to run."
+    fs = feat_sizes_for(64, 64)
+    outs = ([torch.zeros(1, 2, h, w) for h, w in fs], [torch.zeros(1, 8, h, w) for h, w in fs], None)
+    gb, gk, gm = pad_targets([np.array([[10., 12, 40, 50]])])
+    with pytest.raises(TypeError, match="needs the run's SCRFDConfig"): compute_loss(outs, gb, None, gm, None)
+    with pytest.raises(TypeError, match='missing 1 required positional argument'): compute_loss(outs, gb, None, gm)
+    class NoCfg(torch.nn.Module):
+        def forward(self, x): return outs
+    with pytest.raises(TypeError, match='model.cfg'): model_loss(NoCfg(), torch.zeros(1, 3, 64, 64), [gb[0]])
+    assert torch.isfinite(compute_loss(outs, gb, None, gm, 'scrfd_500m')['loss_cls'])   # a preset name is a configuration
