@@ -11,7 +11,8 @@ collate included) over a folder of symlinks to the same JPEGs, ours vs the naive
   random decision and the annotation geometry (`DecodeOnlyPipeline`); crop canvas, float resize, flip, photometric
   distortion and normalisation run batched on the device (`device_augment_batch`), equal to the reference's float
   values within 1e-4.
-- "uint8" / "float32": the workers also crop, resize and flip (`CropPipeline`), the device does the photometric step.
+- "uint8" / "float32": the earlier split, no longer a training path (`CropPipeline` in tests/pipeline_refs.py): the
+  workers also crop, resize and flip, the device does the photometric step.
 The worker rows are the CPU cost per image of the train pipeline in that mode. "device part on CPU" is what the
 device's share costs when the device is this CPU (batch 8, one thread): a CPU-only machine would pay the sum.
 
@@ -29,10 +30,11 @@ import cv2
 import torch
 
 from scrfd_nb.core import shared_file
-from scrfd_nb.transforms import TrainPipeline, naive_train_pipeline, read_image
+from scrfd_nb.transforms import TrainPipeline, read_image
 from scrfd_nb.data import WiderFaceDataset, build_loader
-from scrfd_nb.gpu_augment import (CropPipeline, collate_hwc, photometric_normalize_torch, DecodeOnlyPipeline,
-                                  collate_decoded, device_augment_batch)
+from scrfd_nb.gpu_augment import device_photometric_normalize, DecodeOnlyPipeline, collate_decoded, device_augment_batch
+import sys; sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))
+from pipeline_refs import naive_train_pipeline, CropPipeline, collate_hwc   # the reference ports and the earlier split
 
 WIDER = ['0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
 BIG = 'solvay_conference_1927.jpg'  # 3000x2171
@@ -91,7 +93,7 @@ def device_part_on_cpu(paths, anns, n, bs=8, decode_only=False):
     if decode_only: batch = collate_decoded(outs); fn = lambda: device_augment_batch(batch)
     else:
         x, p = torch.stack([o['img'] for o in outs]), torch.stack([o['photo'] for o in outs])
-        fn = lambda: photometric_normalize_torch(x, p)
+        fn = lambda: device_photometric_normalize(x, p)
     fn()
     c0 = time.process_time()
     for _ in range(max(1, n // bs)): fn()

@@ -22,6 +22,7 @@ time is spent (rows are run in order of importance), so the run fits one device 
 import argparse, datetime, json, math, os, platform, statistics, sys, tempfile, time, traceback
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]/'tests'))   # pipeline_refs: the earlier split, measured as a row
 import numpy as np
 import torch
 
@@ -272,13 +273,13 @@ def bench_detect_batched(c:Ctx, model_name, prec, B, size):
 def bench_gpu_augment(c:Ctx, B, size):
     "scrfd_nb.gpu_augment on this device: equal to the CPU pipeline (transforms, cv2) and its cost per batch."
     from scrfd_nb.transforms import sample_photometric, photometric_normalize, PhotoParams
-    from scrfd_nb.gpu_augment import photo_param_tensor, photometric_normalize_torch
+    from scrfd_nb.gpu_augment import photo_param_tensor, device_photometric_normalize
     dev, rng = c.dev, np.random.default_rng(0)
     x = (rng.random((8, 64, 64, 3)) * 255).astype(np.float32)
     x[::3] *= 0.2                                          # dark samples: negative pixels after brightness -32
     draws = [sample_photometric(rng) for _ in range(7)] + [PhotoParams(delta=-32.0, hue=-17.9, saturation=1.5)]
     ref = np.stack([photometric_normalize(xi.copy(), d) for xi, d in zip(x, draws)])
-    got = photometric_normalize_torch(torch.from_numpy(x).to(dev), photo_param_tensor(draws)).permute(0, 2, 3, 1).float().cpu().numpy()
+    got = device_photometric_normalize(torch.from_numpy(x).to(dev), photo_param_tensor(draws)).permute(0, 2, 3, 1).float().cpu().numpy()
     err = float(np.abs(got - ref).max())
     c.add(what='check', config='gpu_augment', batch=8, ratio=err,
           note=f'max |diff| {err:.1e} vs transforms.photometric_normalize (normalised units): {"OK" if err < 1e-4 else "CHECK"}')
@@ -295,7 +296,7 @@ def bench_gpu_augment(c:Ctx, B, size):
           note=f'max |diff| {err:.1e} vs TrainPipeline (decode-only workers + device_augment_batch): {"OK" if err < 2e-4 else "CHECK"}')
     xb = torch.from_numpy((rng.random((B, size, size, 3)) * 255).astype(np.uint8)).to(dev)
     pb = photo_param_tensor([sample_photometric(rng) for _ in range(B)]).to(dev)
-    for name, fn in [('eager', photometric_normalize_torch)] + ([('compile', torch.compile(photometric_normalize_torch, dynamic=False))]
+    for name, fn in [('eager', device_photometric_normalize)] + ([('compile', torch.compile(device_photometric_normalize, dynamic=False))]
                                                                if can_compile(dev) and not c.a.quick else []):
         t = timeit(lambda: fn(xb, pb, dtype=torch.bfloat16), c, max(3, c.a.steps), c.a.warmup + (2 if name == 'compile' else 0))
         c.add(what='gpu-aug', config=f'{name} u8->bf16', batch=B, img_s=B / t, ms=1e3 * t,
@@ -316,7 +317,8 @@ def synthetic_root(c:Ctx) -> Path:
 def loader_dataset(root, variant, size):
     from scrfd_nb.data import WiderFaceDataset
     from scrfd_nb.transforms import TrainPipeline
-    from scrfd_nb.gpu_augment import CropPipeline, DecodeOnlyPipeline
+    from scrfd_nb.gpu_augment import DecodeOnlyPipeline
+    from pipeline_refs import CropPipeline   # the earlier split, a benchmark row only
     if variant == 'cpu-full': pipe = TrainPipeline(size=size)
     elif variant == 'split-decode': pipe = DecodeOnlyPipeline(size=size)   # the trainer's default on an accelerator
     else: pipe = CropPipeline(size=size, out_dtype='uint8' if variant == 'split-u8' else 'float32')
@@ -325,7 +327,8 @@ def loader_dataset(root, variant, size):
 def make_loader(ds, variant, B, workers, n_batches, pin):
     from functools import partial
     from scrfd_nb.data import collate
-    from scrfd_nb.gpu_augment import collate_hwc, collate_decoded
+    from scrfd_nb.gpu_augment import collate_decoded
+    from pipeline_refs import collate_hwc
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=B * n_batches,
                                              generator=torch.Generator().manual_seed(0))
     kw = dict(num_workers=workers, pin_memory=pin, drop_last=True)
@@ -334,7 +337,8 @@ def make_loader(ds, variant, B, workers, n_batches, pin):
     return torch.utils.data.DataLoader(ds, B, sampler=sampler, collate_fn=cf, **kw)
 
 def to_device(batch, variant, dev, dtype):
-    from scrfd_nb.gpu_augment import gpu_normalize_batch, device_augment_batch
+    from scrfd_nb.gpu_augment import device_augment_batch
+    from pipeline_refs import gpu_normalize_batch
     if variant == 'split-decode': return device_augment_batch(batch, dev, dtype=dtype, channels_last=True)
     if variant == 'cpu-full':
         from scrfd_nb.data import batch_to

@@ -4,17 +4,15 @@
 
 # %% ../nbs/20_gpu_augment.ipynb #98679fb0
 from __future__ import annotations
-from dataclasses import dataclass
 import numpy as np
-import cv2
 import torch
 from torch import Tensor
-from .transforms import TrainPipeline, crop_resize_image, PAD_VALUE, MEAN, STD
+from .transforms import TrainPipeline, PAD_VALUE, MEAN, STD
+from .data import collate, batch_to, shared_empty
 
 # %% auto #0
-__all__ = ['PARAM_COLS', 'FLT_EPSILON', 'HSCALE_BACK', 'SECTORS', 'photo_param_tensor', 'bgr_to_hsv', 'hsv_to_bgr',
-           'photometric_bgr', 'photometric_normalize_torch', 'golden_photometric_input', 'crop_resize_u8',
-           'CropPipeline', 'collate_hwc', 'gpu_normalize_batch', 'DecodeOnlyPipeline', 'collate_decoded',
+__all__ = ['PARAM_COLS', 'FLT_EPSILON', 'HSCALE_BACK', 'SECTORS', 'photo_param_tensor', 'device_bgr_to_hsv', 'device_hsv_to_bgr',
+           'device_photometric', 'device_photometric_normalize', 'DecodeOnlyPipeline', 'collate_decoded',
            'device_crop_resize', 'device_augment_batch']
 
 # %% ../nbs/20_gpu_augment.ipynb #97457746
@@ -36,7 +34,7 @@ FLT_EPSILON = float(np.finfo(np.float32).eps)
 HSCALE_BACK = float(np.float32(6.0) / np.float32(360.0))   # OpenCV's `6.f / hrange` in float32
 SECTORS = ((1, 3, 0), (1, 0, 2), (3, 0, 1), (0, 2, 1), (0, 1, 3), (2, 1, 0))   # (b, g, r) entry of the table per sector
 
-def bgr_to_hsv(b:Tensor, g:Tensor, r:Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def device_bgr_to_hsv(b:Tensor, g:Tensor, r:Tensor) -> tuple[Tensor, Tensor, Tensor]:
     "OpenCV float BGR→HSV on channel planes (any shape): H in degrees [0, 360], S, V (no range assumed)."
     v = torch.maximum(torch.maximum(r, g), b)
     vmin = torch.minimum(torch.minimum(r, g), b)
@@ -47,7 +45,7 @@ def bgr_to_hsv(b:Tensor, g:Tensor, r:Tensor) -> tuple[Tensor, Tensor, Tensor]:
     h = torch.where(h < 0, h + 360.0, h)
     return h, s, v
 
-def hsv_to_bgr(h:Tensor, s:Tensor, v:Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def device_hsv_to_bgr(h:Tensor, s:Tensor, v:Tensor) -> tuple[Tensor, Tensor, Tensor]:
     "OpenCV float HSV→BGR (H in degrees, any non-negative value: taken modulo 360)."
     hh = h * HSCALE_BACK
     fl = hh.floor()
@@ -63,7 +61,7 @@ def hsv_to_bgr(h:Tensor, s:Tensor, v:Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(out)
 
 # %% ../nbs/20_gpu_augment.ipynb #2e1e04a1
-def photometric_bgr(x:Tensor, # (B, H, W, 3) BGR pixel units (uint8 or float)
+def device_photometric(x:Tensor, # (B, H, W, 3) BGR pixel units (uint8 or float)
                     params:Tensor, # (B, 9) from `photo_param_tensor` (any device; moved to x's)
                    ) -> Tensor: # (B, 3, H, W) float32 BGR after the distortion (channel permutation applied), no clipping
     "The reference's PhotoMetricDistortion on a batch, per-sample parameters."
@@ -72,87 +70,33 @@ def photometric_bgr(x:Tensor, # (B, H, W, 3) BGR pixel units (uint8 or float)
     x = x.float()
     b0, g0, r0 = x[..., 0], x[..., 1], x[..., 2]
     b, g, r = ((c + col(0)) * col(1) for c in (b0, g0, r0))          # brightness, contrast (mode 1)
-    h, s, v = bgr_to_hsv(b, g, r)
+    h, s, v = device_bgr_to_hsv(b, g, r)
     s = s * col(2)                                                    # saturation
     h = h + col(3)                                                    # hue, with the reference's wrap-around
     h = torch.where(h > 360.0, h - 360.0, h)
     h = torch.where(h < 0.0, h + 360.0, h)
-    b, g, r = (c * col(4) for c in hsv_to_bgr(h, s, v))              # back to BGR, contrast (mode 0)
+    b, g, r = (c * col(4) for c in device_hsv_to_bgr(h, s, v))              # back to BGR, contrast (mode 0)
     on = col(8) > 0
     d = torch.stack([torch.where(on, c, c0) for c, c0 in ((b, b0), (g, g0), (r, r0))], 1)   # (B, 3, H, W)
     idx = p[:, 5:8].long()                                            # channel permutation: out[j] = in[perm[j]]
     return d[torch.arange(d.shape[0], device=d.device)[:, None], idx]
 
-def photometric_normalize_torch(x:Tensor, # (B, H, W, 3) BGR pixel units (uint8 or float), e.g. pinned + on the device
+def device_photometric_normalize(x:Tensor, # (B, H, W, 3) BGR pixel units (uint8 or float), e.g. pinned + on the device
                                 params:Tensor|None, # (B, 9) from `photo_param_tensor`; None: normalise only
                                 mean:float=MEAN, std:float=STD,
                                 dtype:torch.dtype=torch.float32, # output dtype (bf16 halves the bytes the network reads)
                                 channels_last:bool=True, # output memory format
                                ) -> Tensor: # (B, 3, H, W) RGB, (x - mean) / std
     "PhotoMetricDistortion (reference semantics) + BGR→RGB + normalise, batched on x's device."
-    bgr = x.float().permute(0, 3, 1, 2) if params is None else photometric_bgr(x, params)
+    bgr = x.float().permute(0, 3, 1, 2) if params is None else device_photometric(x, params)
     rgb = bgr.flip(1)
     y = (rgb - mean) * (1.0 / std) if std == 128.0 else (rgb - mean) / std
     mf = torch.channels_last if channels_last else torch.contiguous_format
     return y.to(dtype=dtype, memory_format=mf)
 
-# %% ../nbs/20_gpu_augment.ipynb #cc6c8f7f
-def golden_photometric_input(j:int) -> np.ndarray:
-    "Input image j of `photometric_cases.npz`: BGR float32 centre square resized to 640 (golden README (g))."
-    from scrfd_nb.core import shared_file
-    name = ['0_Parade_marchingband_1_20.jpg', 'astronaut.png'][j]
-    im = cv2.imread(str(shared_file('data', 'images', name))).astype(np.float32)
-    h, w = im.shape[:2]; s = min(h, w); t, l = (h - s) // 2, (w - s) // 2
-    return cv2.resize(im[t:t+s, l:l+s], (640, 640), interpolation=cv2.INTER_LINEAR)
-
-# %% ../nbs/20_gpu_augment.ipynb #ef082123
-def crop_resize_u8(img:np.ndarray, # (H, W, 3) uint8 BGR
-                   patch, out_wh=(640, 640), flip:bool=False, pad_value=PAD_VALUE) -> np.ndarray: # (oh, ow, 3) uint8
-    "`crop_resize_image` in uint8 (OpenCV fixed-point bilinear): crop canvas (fill 128) → resize → optional mirror."
-    return crop_resize_image(img, patch, out_wh, flip, pad_value, dtype=np.uint8)
-
-@dataclass
-class CropPipeline(TrainPipeline):
-    "`TrainPipeline` minus photometric distortion and normalisation: `img` is (S, S, 3) BGR pixel units, `photo` the draw."
-    out_dtype: str = 'float32'   # 'float32' (reference values) or 'uint8' (4x fewer bytes, resize rounded)
-
-    def __post_init__(self):
-        if self.out_dtype not in ('float32', 'uint8'): raise ValueError(f"out_dtype {self.out_dtype!r}: 'float32' or 'uint8'")
-
-    def __call__(self, img:np.ndarray, ann:dict, rng) -> dict:
-        "→ dict img (S,S,3) uint8/float32 BGR tensor, photo (9,) float32, gt_bboxes, gt_keypoints, gt_bboxes_ignore, meta."
-        im, b, k, bi, meta = self.geometry(img, ann, rng, crop=crop_resize_u8 if self.out_dtype == 'uint8' else None)
-        p = self.sample_photo(rng)      # same random calls, same order as TrainPipeline: identical crops and draws
-        return dict(img=torch.from_numpy(im), photo=photo_param_tensor([p])[0], gt_bboxes=b, gt_keypoints=k,
-                    gt_bboxes_ignore=bi, meta=meta | dict(photometric=None if p is None else p.to_dict()))
-
-# %% ../nbs/20_gpu_augment.ipynb #f6a8209d
-_NO_IMG = torch.zeros(1, 1, 1)
-
-def collate_hwc(batch:list, # samples from a dataset whose pipeline is `CropPipeline`
-                pad_to:int|None=None) -> dict:
-    "Like `scrfd_nb.data.collate`, but `images` is (B, S, S, 3) uint8/float32 BGR pixel units and `photo` (B, 9) is added."
-    from scrfd_nb.data import collate
-    batch = [b for b in batch if b is not None]
-    out = collate([dict(b, img=_NO_IMG) for b in batch], pad_to=pad_to)
-    out['images'] = torch.stack([torch.as_tensor(b['img']) for b in batch])
-    out['photo'] = torch.stack([b['photo'] for b in batch])
-    return out
-
-def gpu_normalize_batch(batch:dict, # from `collate_hwc`
-                        device=None, # move images, params and targets here first (non-blocking)
-                        dtype:torch.dtype=torch.float32, channels_last:bool=True,
-                        mean:float=MEAN, std:float=STD, fn=None, # fn: e.g. torch.compile(photometric_normalize_torch)
-                       ) -> dict:
-    "Copy a `collate_hwc` batch to `device` and replace `images` by the distorted, normalised (B, 3, S, S) tensor."
-    from scrfd_nb.data import batch_to
-    out = dict(batch) if device is None else batch_to(batch, device)
-    fn = fn or photometric_normalize_torch
-    out['images'] = fn(out['images'], out['photo'], mean, std, dtype, channels_last)
-    return out
-
 # %% ../nbs/20_gpu_augment.ipynb #fb84c323
 def _no_pixels(*args, **kw): return None
+_NO_IMG = torch.zeros(1, 1, 1)   # stands in for the image while `collate` pads the annotations
 
 class DecodeOnlyPipeline(TrainPipeline):
     "`TrainPipeline`'s random draws and annotation geometry without pixel work: `img` is the decoded image; `crop`, `flip`, `photo` say what the device does."
@@ -166,8 +110,7 @@ class DecodeOnlyPipeline(TrainPipeline):
 
 def collate_decoded(batch:list, # samples from a dataset whose pipeline is `DecodeOnlyPipeline`
                     pad_to:int|None=None) -> dict:
-    "Like `collate_hwc`, but `images` is the batch's decoded images packed end to end, (sum h·w·3,) uint8, with `sizes` (B, 2) = (h, w); plus `crops` (B, 4), `flips` (B,), `out_size`."
-    from scrfd_nb.data import collate, shared_empty
+    "`scrfd_nb.data.collate`'s annotations, and `images` = the decoded images packed end to end, (sum h·w·3,) uint8, with `sizes` (B, 2) = (h, w); plus `crops` (B, 4), `flips` (B,), `photo` (B, 9), `out_size`."
     batch = [b for b in batch if b is not None]
     out = collate([dict(b, img=_NO_IMG) for b in batch], pad_to=pad_to)
     sizes = torch.tensor([tuple(b['img'].shape[:2]) for b in batch], dtype=torch.int64)
@@ -202,8 +145,7 @@ def device_augment_batch(batch:dict, # from `collate_decoded`
                          dtype:torch.dtype=torch.float32, channels_last:bool=True,
                          mean:float=MEAN, std:float=STD, pad_value:float=PAD_VALUE) -> dict:
     "Copy a `collate_decoded` batch to `device`, crop/resize/flip there, then distort and normalise: `images` (B, 3, S, S)."
-    from scrfd_nb.data import batch_to
     out = dict(batch) if device is None else batch_to(batch, device)
     bgr = device_crop_resize(out['images'], out['sizes'], out['crops'], out['flips'], size or out['out_size'], pad_value)
-    out['images'] = photometric_normalize_torch(bgr, out['photo'], mean, std, dtype, channels_last)
+    out['images'] = device_photometric_normalize(bgr, out['photo'], mean, std, dtype, channels_last)
     return out

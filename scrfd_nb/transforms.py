@@ -13,9 +13,8 @@ import torch
 # %% auto #0
 __all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
            'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
-           'PhotoParams', 'sample_photometric', 'photometric_distortion', 'golden_rng_calls', 'photometric_normalize',
-           'TrainPipeline', 'naive_train_pipeline', 'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample',
-           'MEAN', 'STD']
+           'PhotoParams', 'sample_photometric', 'photometric_normalize', 'TrainPipeline', 'denormalize', 'draw_targets',
+           'pipeline_steps', 'render_sample', 'MEAN', 'STD']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -179,43 +178,6 @@ def sample_photometric(rng, brightness_delta=32, contrast_range=(0.5, 1.5), satu
     if rng.integers(2): p.perm = tuple(int(i) for i in rng.permutation(3))
     return p
 
-def photometric_distortion(img:np.ndarray, # (H, W, 3) float32 BGR, pixel units
-                           p:PhotoParams) -> np.ndarray:
-    "The reference's step-by-step PhotoMetricDistortion (mmdet 2.7), no clipping."
-    img = np.array(img, np.float32)
-    if p.delta is not None: img += np.float32(p.delta)
-    if p.mode == 1 and p.contrast is not None: img *= np.float32(p.contrast)
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-    if p.saturation is not None: img[..., 1] *= np.float32(p.saturation)
-    if p.hue is not None:
-        img[..., 0] += np.float32(p.hue)
-        img[..., 0][img[..., 0] > 360] -= 360
-        img[..., 0][img[..., 0] < 0] += 360
-    img = cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
-    if p.mode == 0 and p.contrast is not None: img *= np.float32(p.contrast)
-    if p.perm is not None: img = img[..., list(p.perm)]
-    return img
-
-# %% ../nbs/12_transforms.ipynb #9caf76d2
-def golden_rng_calls(records) -> list:
-    "Recorded reference random calls (`fn|args|value` / `fn|lo|hi|value`) → `ScriptedRNG` triples for our call names."
-    import ast
-    out = []
-    for r in records:
-        parts = str(r).split('|')
-        fn = parts[0]
-        if fn == 'randint' and len(parts) == 3:  # photometric coin: randint|(2,)|1
-            out.append(('integers', ast.literal_eval(parts[1]), int(parts[2])))
-        elif fn == 'randint':  # crop offset: randint|lo|hi|v
-            out.append(('integers', (int(parts[1]), int(parts[2])), int(parts[3])))
-        elif fn == 'uniform': out.append(('uniform', ast.literal_eval(parts[1]), float(parts[2])))
-        elif fn == 'permutation': out.append(('permutation', ast.literal_eval(parts[1]), ast.literal_eval(parts[2])))
-        elif fn == 'choice' and 'horizontal' in parts[1]:  # RandomFlip → our rng.random() < 0.5
-            out.append(('random', (), 0.0 if 'horizontal' in parts[3] else 0.999))
-        elif fn == 'choice': out.append(('choice', (tuple(ast.literal_eval(parts[1])),), float(parts[3])))
-        else: raise ValueError(f"unknown recorded call {r!r}")
-    return out
-
 # %% ../nbs/12_transforms.ipynb #3cc06007
 def photometric_normalize(img:np.ndarray, # (H, W, 3) float32 BGR pixel units; modified in place
                           p:PhotoParams|None, # None: no distortion
@@ -300,42 +262,6 @@ class TrainPipeline:
         return dict(img=torch.from_numpy(hwc).permute(2, 0, 1), gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
                     meta=meta | dict(photometric=None if p is None else p.to_dict()))
 
-# %% ../nbs/12_transforms.ipynb #4f823ebd
-def naive_train_pipeline(img:np.ndarray, ann:dict, rng, size:int=640, bbox_clip_border:bool=True,
-                         photometric:bool=True, crop_choice=CROP_CHOICE, trace=None) -> dict:
-    "Literal step-by-step port of the reference pipeline (float canvas, resize, flip, cvtColor photometric, normalise); `trace(step, img, b, k, bi)` sees every step."
-    trace = trace or (lambda *a: None)
-    imf = img.astype(np.float32)
-    b, k, bi = (np.asarray(ann[n], np.float32) for n in ('bboxes', 'keypoints', 'bboxes_ignore'))
-    trace('LoadAnnotations', imf, b, k, bi)
-    h, w = imf.shape[:2]
-    patch, fb = sample_square_crop(w, h, b, rng, crop_choice)
-    b, k, bi = crop_annotations(b, k, bi, patch, bbox_clip_border)
-    cw = patch[2] - patch[0]
-    canvas = np.ones((cw, cw, 3), np.float32) * PAD_VALUE
-    f = (max(0, patch[0]), max(0, patch[1]), min(w, patch[2]), min(h, patch[3]))
-    t = (max(0, -patch[0]), max(0, -patch[1]))
-    canvas[t[1]:t[1] + f[3] - f[1], t[0]:t[0] + f[2] - f[0]] = imf[f[1]:f[3], f[0]:f[2]]
-    trace('RandomSquareCrop', canvas, b, k, bi)
-    imf = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_LINEAR)
-    b, k, bi, sf = resize_annotations(b, k, bi, (cw, cw), (size, size), bbox_clip_border)
-    trace('Resize', imf, b, k, bi)
-    flip = rng.random() < 0.5
-    if flip:
-        imf = np.flip(imf, axis=1)
-        b, k, bi = flip_annotations(b, k, bi, size)
-    trace('RandomFlip', imf, b, k, bi)
-    if photometric:
-        imf = photometric_distortion(imf, sample_photometric(rng))
-        trace('PhotoMetricDistortion', imf, b, k, bi)
-    x = imf.copy().astype(np.float32)
-    cv2.cvtColor(x, cv2.COLOR_BGR2RGB, x)
-    x = (x - np.float32(MEAN)) / np.float32(STD)
-    x = np.ascontiguousarray(x.transpose(2, 0, 1))
-    trace('final', x, b, k, bi)
-    return dict(img=x, gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
-                meta=dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fb))
-
 # %% ../nbs/12_transforms.ipynb #5a956f05
 from .core import KPS_COLORS   # the one keypoint palette, as `detect.draw_detections` draws it
 
@@ -358,12 +284,30 @@ def draw_targets(img:np.ndarray, # (H, W, 3) uint8 BGR (float pixel images are c
                 if wgt > 0: cv2.circle(im, (int(round(x)), int(round(y))), max(2, thickness + 1), col, -1, cv2.LINE_AA)
     return im
 
-def pipeline_steps(img:np.ndarray, ann:dict, rng, **kw) -> list:
-    "Every step of the train pipeline for one sample → [(step, uint8 BGR image, boxes, keypoints, ignore boxes)]."
-    steps = []
-    def trace(name, im, b, k, bi):
-        steps.append((name, denormalize(im) if name == 'final' else np.asarray(im).clip(0, 255).astype(np.uint8), b, k, bi))
-    naive_train_pipeline(img, ann, rng, trace=trace, **kw)
+def pipeline_steps(img:np.ndarray, ann:dict, rng,
+                   pipeline:TrainPipeline|None=None, # default `TrainPipeline()`
+                  ) -> list:
+    "Every step of the train pipeline for one sample → [(step, uint8 BGR image, boxes, keypoints, ignore boxes)]: one `pipeline` call, its intermediate states rebuilt from its draws."
+    pipe = pipeline or TrainPipeline()
+    out = pipe(img, ann, rng)
+    m, S, clip = out['meta'], pipe.size, pipe.bbox_clip_border
+    patch = m['crop']; side = patch[2] - patch[0]
+    u8 = lambda im: np.asarray(im).clip(0, 255).astype(np.uint8)
+    b = np.asarray(ann['bboxes'], np.float32).reshape(-1, 4)
+    k = np.asarray(ann['keypoints'], np.float32).reshape(-1, 5, 3)
+    bi = np.asarray(ann.get('bboxes_ignore', np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    steps = [('LoadAnnotations', img, b, k, bi)]
+    b, k, bi = crop_annotations(b, k, bi, patch, clip)
+    steps.append(('RandomSquareCrop', u8(crop_resize_image(img, patch, (side, side), pad_value=pipe.pad_value)), b, k, bi))
+    b, k, bi, _ = resize_annotations(b, k, bi, (side, side), (S, S), clip)
+    im = crop_resize_image(img, patch, (S, S), pad_value=pipe.pad_value)
+    steps.append(('Resize', u8(im), b, k, bi))
+    if m['flip']: b, k, bi = flip_annotations(b, k, bi, S); im = im[:, ::-1]
+    steps.append(('RandomFlip', u8(im), b, k, bi))
+    if m['photometric'] is not None:   # the distortion alone: mean 0, std 1, back to BGR
+        rgb = photometric_normalize(np.array(im), PhotoParams(**m['photometric']), 0.0, 1.0)
+        steps.append(('PhotoMetricDistortion', u8(rgb[..., ::-1]), b, k, bi))
+    steps.append(('final', denormalize(out['img'], pipe.mean, pipe.std), out['gt_bboxes'], out['gt_keypoints'], out['gt_bboxes_ignore']))
     return steps
 
 # %% ../nbs/12_transforms.ipynb #faef21b9
