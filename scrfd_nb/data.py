@@ -16,8 +16,8 @@ from .core import UsageError, run_cli, in_range, debug_requested
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
-           'make_corrupted_example', 'WiderFaceDataset', 'shared_empty', 'collate', 'batch_to', 'EpochSampler',
-           'batches_per_epoch', 'build_loader', 'main']
+           'WiderFaceDataset', 'shared_empty', 'collate', 'batch_to', 'EpochSampler', 'batches_per_epoch',
+           'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
 NUM_KPS = 5
@@ -227,34 +227,6 @@ def check_labelv2(path, # labelv2.txt
     rep.summary = dict(images=nimg, faces=stats['faces'], ignore_boxes=stats['ignore_boxes'],
                        faces_with_kps=stats['faces_with_kps'], images_checked=nchecked, size_hist=hist)
     return rep
-
-# %% ../nbs/11_data.ipynb #01fa12ce
-def make_corrupted_example(d) -> tuple[Path, Path, dict]:
-    "Write a small labelv2 + images folder with one planted error of each kind → (labelv2, images dir, {line: kind})."
-    d = Path(d); im = d/'images'/'ev'; im.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for n in ('a', 'b', 'c', 'e'): cv2.imwrite(str(im/f'{n}.jpg'), rng.integers(0, 255, (80, 100, 3), dtype=np.uint8))
-    data = (im/'c.jpg').read_bytes(); (im/'c.jpg').write_bytes(data[:len(data) // 2])  # truncated
-    kp = ' '.join(['50 40 1'] * 5)
-    lines = [('# ev/a.jpg 100 80', None),
-             (f'10 10 40 40 {kp}', None),
-             ('10 10 40 40 1 2', 'value count'),
-             ('10 10 4O 40 0', 'non-numeric'),
-             ('40 10 10 40 0', 'empty box'),
-             ('150 10 190 40 0', 'box outside image'),
-             (f'10 10 40 40 {" ".join(["50 40 2"] * 5)}', 'keypoint flag out of range'),
-             ('10 10 40 40 3', 'ignore flag out of range'),
-             ('# ev/b.jpg 120 80', 'size mismatch'),
-             ('10 10 40 40 0', None),
-             ('# ev/c.jpg 100 80', 'unreadable image'),
-             ('10 10 40 40 0', None),
-             ('# ev/d.jpg 100 80', 'missing image'),
-             ('10 10 40 40 0', None),
-             ('# ev/e.jpg 100 eighty', 'bad header'),
-             ('# ev/a.jpg 100 80', 'repeated header'),
-             ('10 10 40 40 0', None)]
-    (d/'labelv2.txt').write_text('\n'.join(l for l, _ in lines) + '\n')
-    return d/'labelv2.txt', d/'images', {i + 1: k for i, (_, k) in enumerate(lines) if k}
 
 # %% ../nbs/11_data.ipynb #3e19d6b9
 def _warn(msg:str):

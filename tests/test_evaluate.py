@@ -1,14 +1,14 @@
 """WIDER FACE evaluation against the reference: the four golden prediction sets on the official .mat ground truth
-(APs to 1e-6, 1000-point PR arrays identical, NaNs included), the CLI round trip through result files, a randomised
-comparison with the per-image loop port in bench/evaluate.py, and the error messages for bad input."""
-import importlib.util, json, subprocess, sys
-from pathlib import Path
+(APs to 1e-6, 1000-point PR arrays identical, NaNs included; the one full golden sweep, nbs/14_evaluate.ipynb shows one
+set), the CLI round trip through result files, a randomised comparison with the per-image loop port
+(tests/evaluate_refs.py, which bench/evaluate.py times), and the error messages for bad input."""
+import json, subprocess, sys
 import numpy as np
 import pytest
 from scrfd_nb.evaluate import (SETTINGS, WiderGT, evaluate_widerface, load_gt_mat, load_gt_labelv2, read_pred_dir,
                                write_pred_dir, norm_scores)
+from evaluate_refs import loop_evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
 SETS = ['widerface_preds_0_good.npz', 'widerface_preds_1_noisy.npz', 'widerface_preds_2_edge.npz',
         'widerface_preds_3_unsorted.npz']
 
@@ -83,12 +83,6 @@ def test_cli_errors(gt_dir, tmp_path):
     assert r.returncode == 1 and f'{f}:3: expected 5 numbers' in r.stderr
 
 
-def _loop_port():
-    spec = importlib.util.spec_from_file_location('bench_evaluate', ROOT/'bench'/'evaluate.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    return mod
-
-
 def random_scene(rng, n_img=40):
     "Random images: clustered faces, some not counted per setting, predictions with duplicates, ties, unsorted rows."
     events, names, boxes, keeps, counts, preds = [], [], [], [], [], {}
@@ -114,10 +108,9 @@ def random_scene(rng, n_img=40):
 @pytest.mark.parametrize('seed', range(6))
 def test_random_scenes_equal_loop_port(seed):
     "On random scenes (duplicates, ties, unsorted rows, images without faces or predictions) ours equals the loop port."
-    port = _loop_port()
     preds, gt = random_scene(np.random.default_rng(seed))
     r = evaluate_widerface(preds, gt)
-    ref = port.loop_evaluate(preds, gt)
+    ref = loop_evaluate(preds, gt)
     for s in SETTINGS: assert r[s] == pytest.approx(ref[s], abs=1e-12), (s, r[s], ref[s])
 
 
