@@ -1,4 +1,4 @@
-"""CPU face detection: our `model.detect` (and its levers) vs insightface 2.1's onnxruntime `SCRFD.detect`, side by side.
+"""CPU face detection: our `detect(model, image)` (and its levers) vs insightface 2.1's onnxruntime `SCRFD.detect`, side by side.
 
     python bench/detect_cpu.py [--models det_500m det_2.5g] [--threads 1 2] [--runs 15] [--image NAME]
 
@@ -7,11 +7,11 @@ score 0.5, NMS 0.4. Per model and thread count the variants run interleaved, one
 the machine's load hits all alike), median of --runs after 2 warm-ups; every variant's detections are checked
 against insightface's (same count, boxes within 0.05 px, scores within 1e-4) before timing. Variants:
   insightface   SCRFD(model_file=official .onnx, session with N threads).detect
-  torch         load_model(official).detect (torch.set_num_threads(N))
+  torch         detect(load_model(official), image) (torch.set_num_threads(N))
   torch fused   the same with BatchNorm folded into the convolutions (export.fuse_model)
   torch fused+cl   fused, channels_last weights and input
-  OnnxDetector  model.OnnxDetector(model, threads=N).detect: our export of the weights (BN folded, dynamic shape)
-                in onnxruntime, decoded by export.detect_onnx (= model.detect's code)
+  OnnxDetector  export.OnnxDetector(model, threads=N).detect: our export of the weights (BN folded, dynamic shape)
+                in onnxruntime, decoded by export.detect_onnx (= detect(model, image)'s code)
 The ratio column is time / insightface's time in the same run. The commit and the load average are printed.
 """
 import argparse, statistics, subprocess, time
@@ -20,8 +20,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
+from scrfd_nb.detect import detect
 from scrfd_nb.core import shared_file
-from scrfd_nb.model import load_model, OnnxDetector
+from scrfd_nb.model import load_model
+from scrfd_nb.export import OnnxDetector
 from scrfd_nb.export import fuse_model
 
 
@@ -57,9 +59,9 @@ def main(argv=None):
             fast = OnnxDetector(model, threads=th)
             variants = {
                 'insightface': lambda: det.detect(img, input_size=(640, 640)),
-                'torch': lambda: model.detect(img),
-                'torch fused': lambda: fused.detect(img),
-                'torch fused+cl': lambda: fcl.detect(img),
+                'torch': lambda: detect(model, img),
+                'torch fused': lambda: detect(fused, img),
+                'torch fused+cl': lambda: detect(fcl, img),
                 'OnnxDetector': lambda: fast.detect(img),
             }
             with torch.inference_mode():

@@ -16,7 +16,7 @@ from .core import UsageError, run_cli, in_range, debug_requested
 
 # %% auto #0
 __all__ = ['NUM_KPS', 'log', 'SIZE_BINS', 'BATCH_TENSORS', 'LabelError', 'parse_labelv2', 'CheckReport', 'check_labelv2',
-           'WiderFaceDataset', 'shared_empty', 'collate', 'batch_to', 'EpochSampler', 'batches_per_epoch',
+           'WiderFaceDataset', 'ImageList', 'shared_empty', 'collate', 'batch_to', 'EpochSampler', 'batches_per_epoch',
            'build_loader', 'main']
 
 # %% ../nbs/11_data.ipynb #7de97a3b
@@ -288,6 +288,19 @@ class WiderFaceDataset(torch.utils.data.Dataset):
             return out
         raise RuntimeError(f"{self.max_substitutes + 1} consecutive samples from index {i} failed; last: {skipped[-1][1]}")
 
+# %% ../nbs/11_data.ipynb #de01ac28
+class ImageList(torch.utils.data.Dataset):
+    "`(event, name, path)` items → `(resize(image), meta | {event, name})`, or `(None, {event, name, path, error})` for an unreadable file."
+    def __init__(self, items:list, resize): self.items, self.resize = list(items), resize
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i):
+        event, name, path = self.items[i]
+        try: img = read_image(path)          # the reader of `data check`: a truncated JPEG is an error too
+        except ImageError as e: return None, dict(event=event, name=name, path=path, error=str(e))
+        resized, meta = self.resize(img)
+        return resized, dict(meta, event=event, name=name)
+
+
 # %% ../nbs/11_data.ipynb #a4e4aa8f
 def shared_empty(shape, dtype:torch.dtype=torch.float32) -> torch.Tensor:
     "An uninitialised contiguous tensor; in a loader worker it lives in shared memory (as torch's default_collate does), saving a copy."
@@ -381,12 +394,8 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, rank:int=0,
 
 # %% ../nbs/11_data.ipynb #f5bebd1c
 def main(argv=None) -> int:
-    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]`, `convert ...` or `synthetic --out DIR ...`."
+    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]` or `synthetic --out DIR ...`."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['convert']:
-        # imported here, not at the top: scrfd_nb.convert imports this module (read_labelv2, check_labelv2), a cycle
-        from scrfd_nb.convert import main as convert_main
-        return convert_main(argv[1:] + ['--debug'] * debug_requested(), 'python -m scrfd_nb.data convert')
     if argv[:1] == ['synthetic']:
         from scrfd_nb.synthetic import main as synthetic_main
         synthetic_main(argv[1:])
@@ -399,7 +408,6 @@ def main(argv=None) -> int:
     c.add_argument('--mode', default='any', choices=['any', 'train', 'test'], help="'train': 4-value lines are errors")
     c.add_argument('--max-warnings', type=in_range(0, None, int), default=20, help='warnings printed (all are counted)')
     c.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
-    sub.add_parser('convert', help='convert RetinaFace, YOLO or COCO labels to labelv2 and back (options: convert --help)')
     sub.add_parser('synthetic', help='write the synthetic dataset (options: python -m scrfd_nb.synthetic --help)')
     a = ap.parse_args(argv)
     if not Path(a.labelv2).is_file(): raise UsageError(f"labelv2 {a.labelv2}: no such file")

@@ -18,6 +18,8 @@ from .boxes import distance2bbox, distance2kps, batched_nms
 from .core import MEAN, STD, bgr_to_input, UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path
 from .transforms import read_image, ImageError
 from .align import save_crops
+from .config import DetectCfg
+from .model import load_model
 
 # %% auto #0
 __all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs',
@@ -39,7 +41,7 @@ class Convention:
     pad_value: float       # value of the padding in normalised input space
 
 CONVENTIONS = {
-    'mmdet': Convention('mmdet', 0.02, 0.45, strict_score=True, clamp=True, plus_one=False, suppress_equal=True, pad_value=0.0),
+    'mmdet': Convention('mmdet', DetectCfg.score_thr, DetectCfg.nms_thr, strict_score=True, clamp=True, plus_one=False, suppress_equal=True, pad_value=0.0),
     'insightface': Convention('insightface', 0.5, 0.4, strict_score=False, clamp=False, plus_one=True, suppress_equal=False,
                               pad_value=(0 - MEAN) / STD),   # black, normalised
 }
@@ -237,7 +239,7 @@ def _to_numpy(d:dict) -> tuple:
 @torch.no_grad()
 def detect_batch(model,                 # an `SCRFD` (any callable returning the raw head outputs)
                  images:list,           # BGR uint8 arrays (h, w, 3) or image paths
-                 score_thr:float=0.5, nms_thr:float=0.4,
+                 score_thr:float|None=None, nms_thr:float|None=None, # None: the convention's (insightface 0.5, 0.4)
                  input_size=640,        # network input: int or (W, H)
                  mode:str='insightface',# 'insightface' (spec §5.4) or 'mmdet' (§5.1)
                  max_num:int=0,         # >0: at most this many faces per image
@@ -257,7 +259,7 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
     return [_to_numpy(d) for d in dets]
 
 def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list goes to `detect_batch`)
-           score_thr:float=0.5, nms_thr:float=0.4, input_size=640, mode:str='insightface', max_num:int=0,
+           score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface', max_num:int=0,
           ) -> tuple: # boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None; numpy, by descending score
     "Faces in one image, in its own pixels (insightface conventions by default)."
     if isinstance(image_bgr, (list, tuple)):
@@ -410,7 +412,7 @@ class Progress:
         else: print(self.line(), file=sys.stderr, flush=True)
 
 # %% ../nbs/08_detect.ipynb #c87d5ca5
-def detect_frames(model, batches, score_thr:float=0.5, nms_thr:float=0.4, input_size=640, mode:str='insightface',
+def detect_frames(model, batches, score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface',
                   max_num:int=0):
     "`(index, time_s, frame, (boxes, scores, kps))` per frame of `frame_batches`: one `detect_batch` pass per batch."
     for b in batches:
@@ -459,7 +461,6 @@ def _load(a, weights:Path):
     "The model of `--weights` on `--device`, errors as one line."
     try: dev = torch.device(a.device)
     except RuntimeError as e: raise UsageError(f'--device {a.device}: {one_line(e)}') from None
-    from scrfd_nb.model import load_model
     try: model = load_model(weights, a.name)
     except Exception as e: raise RuntimeError(f'cannot load weights {weights}: {one_line(e).removeprefix(f"{weights}: ")}') from e
     try: return model.to(dev).eval()
@@ -515,8 +516,10 @@ def main(argv=None):
     ap.add_argument('--out', help='write the detections drawn here: an image, a folder for a folder, a video for --video')
     ap.add_argument('--json', help='write detections as JSON here (JSON Lines, one frame a line, for --video)')
     ap.add_argument('--crops', help='write the 112x112 ArcFace-aligned crop of every face into this folder (--image)')
-    ap.add_argument('--thr', type=UNIT, default=0.5, help='score threshold in [0, 1] (default 0.5; 0.02 for WIDER evaluation)')
-    ap.add_argument('--nms', type=UNIT, default=0.4, help='NMS IoU threshold in [0, 1] (default 0.4)')
+    ap.add_argument('--thr', type=UNIT, default=None, help="score threshold in [0, 1] (default: the --mode's, "
+                    f"insightface {CONVENTIONS['insightface'].score_thr}, mmdet {CONVENTIONS['mmdet'].score_thr})")
+    ap.add_argument('--nms', type=UNIT, default=None, help="NMS IoU threshold in [0, 1] (default: the --mode's, "
+                    f"insightface {CONVENTIONS['insightface'].nms_thr}, mmdet {CONVENTIONS['mmdet'].nms_thr})")
     ap.add_argument('--input-size', type=in_range(32, None, int), default=640, help='network input size (square, >= 32, default 640)')
     ap.add_argument('--mode', choices=sorted(CONVENTIONS), default='insightface', help='decoder convention')
     ap.add_argument('--max-num', type=in_range(0, None, int), default=0, help='keep at most this many faces per image (0: all)')

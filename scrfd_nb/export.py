@@ -10,13 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .anchors import STRIDES, flatten_level
+from .anchors import STRIDES, flatten_level, feat_sizes_for
 from .core import UsageError, run_cli, in_range, check_output, one_line
+from .detect import preprocess, postprocess_flat, onnx_outputs_to_flat
+from .model import build_model, load_model
+
 
 # %% auto #0
 __all__ = ['GROUPNORM_MODES', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'NativeGroupNorm',
            'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session', 'run_onnx',
-           'check_graph', 'detect_onnx', 'to_fp16', 'calib_images', 'quantize_int8', 'check_export', 'main']
+           'check_graph', 'detect_onnx', 'OnnxDetector', 'to_fp16', 'calib_images', 'quantize_int8', 'check_export',
+           'main']
 
 # %% ../nbs/19_export.ipynb #125ff238
 def _fold_conv_bn(conv:nn.Conv2d, bn:nn.BatchNorm2d):
@@ -293,18 +297,36 @@ def check_graph(path,              # an .onnx file
 # %% ../nbs/19_export.ipynb #4d36669d
 def detect_onnx(session,               # onnxruntime session or path of an SCRFD .onnx (ours or official)
                 image_bgr,             # (h, w, 3) uint8 BGR image or its path
-                score_thr:float=0.5, nms_thr:float=0.4,
+                score_thr:float|None=None, nms_thr:float|None=None, # None: the convention's (`detect.CONVENTIONS`)
                 input_size=640,        # int or (W, H); must match a fixed-shape file
                 mode:str='insightface',# or 'mmdet'
                ) -> tuple:             # boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None; numpy
-    "Faces in one image from an ONNX file, decoded exactly like `model.detect`."
-    from scrfd_nb.detect import preprocess, postprocess_flat, onnx_outputs_to_flat
-    from scrfd_nb.anchors import feat_sizes_for
+    "Faces in one image from an ONNX file, decoded exactly like `detect(model, image)`."
     if not hasattr(session, 'run'): session = onnx_session(session)
     x, metas = preprocess([image_bgr], input_size, mode)
     scores, bbox, kps = onnx_outputs_to_flat(run_onnx(session, x))
     d = postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr)[0]
     return (d['boxes'].numpy(), d['scores'].numpy(), None if d['kps'] is None else d['kps'].numpy())
+
+# %% ../nbs/19_export.ipynb #7818207b
+class OnnxDetector:
+    "A snapshot of an SCRFD model exported to ONNX and run by onnxruntime on the CPU; `detect` as `detect.detect`, one image."
+    def __init__(self, model:nn.Module,    # any SCRFD model (left untouched)
+                 threads:int|None=None,    # onnxruntime intra-op threads (None: onnxruntime's default)
+                ):
+        import tempfile, onnxruntime as ort
+        so = ort.SessionOptions(); so.log_severity_level = 3
+        if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+        with tempfile.TemporaryDirectory() as d:     # onnxruntime reads the file into memory
+            p = export_onnx(model, Path(d)/'model.onnx', shape=(640, 640))
+            self.session = ort.InferenceSession(str(p), sess_options=so, providers=['CPUExecutionProvider'])
+        self.threads, self.name = threads, getattr(getattr(model, 'cfg', None), 'name', None)
+    def __repr__(self): return f"OnnxDetector({self.name}, threads={self.threads})"
+    def detect(self, image_bgr,             # (h, w, 3) uint8 BGR array or an image path
+               score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface',
+              ) -> tuple:                   # boxes (N, 4), scores (N,), kps (N, 5, 2) or None; numpy
+        "Faces in one image, decoded exactly like `detect(model, image)`."
+        return detect_onnx(self.session, image_bgr, score_thr, nms_thr, input_size, mode)
 
 # %% ../nbs/19_export.ipynb #93f739b0
 def _toposort(graph):
@@ -412,7 +434,6 @@ def main(argv=None):
         except ValueError as e: raise UsageError(f"--calib {e}") from None
     if a.groupnorm == 'native' and a.opset < 21: ap.error(f"--groupnorm native needs --opset 21 or more, not {a.opset}")
     if a.out: check_output(a.out, [a.weights], '--out')                # before loading: never over the weights
-    from scrfd_nb.model import build_model, load_model
     try: model = load_model(a.weights, a.config) if a.weights else build_model(a.config).eval()
     except KeyError as e: raise UsageError(f"--config {a.config}: {e.args[0]}") from None
     dynamic = a.dynamic or a.shape is None

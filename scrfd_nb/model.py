@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_model.ipynb #cc1741f6
 from __future__ import annotations
-import os, functools
+import functools
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,13 +13,12 @@ from .config import SCRFDConfig, PRESETS, get_config, config_to_dict, config_fro
 from .backbones import build_backbone, num_params
 from .neck import build_neck
 from .head import build_head, Scale
-from .core import MEAN, STD, bgr_to_input, one_line
+from .core import one_line
 
 # %% auto #0
-__all__ = ['SCRFD', 'build_model', 'LoadReport', 'unwrap_state_dict', 'load_reference_state_dict', 'reference_state_dict',
-           'normalize_bgr', 'read_onnx_layers', 'infer_onnx_variant', 'load_onnx_weights', 'load_onnx_model',
-           'conv_norm_pairs', 'onnx_layout', 'checkpoint_dict', 'save_model', 'infer_state_dict_variant', 'load_model',
-           'letterbox', 'layer_outputs', 'show_feature', 'OnnxDetector']
+__all__ = ['SCRFD', 'build_model', 'LoadReport', 'unwrap_state_dict', 'load_reference_state_dict', 'read_onnx_layers',
+           'infer_onnx_variant', 'load_onnx_weights', 'load_onnx_model', 'checkpoint_dict', 'save_model',
+           'infer_state_dict_variant', 'load_model']
 
 # %% ../nbs/05_model.ipynb #b466c254
 class SCRFD(nn.Module):
@@ -47,16 +46,6 @@ class SCRFD(nn.Module):
         "Parameters per part and in total."
         d = {k: num_params(getattr(self, k)) for k in ('backbone', 'neck', 'bbox_head')}
         return {**d, 'total': sum(d.values())}
-
-    def loss(self, images, gt_bboxes, gt_keypoints, gt_bboxes_ignore=None):
-        "Training losses; see `scrfd_nb.losses.model_loss`."
-        from scrfd_nb.losses import model_loss
-        return model_loss(self, images, gt_bboxes, gt_keypoints, gt_bboxes_ignore)
-
-    def detect(self, image_bgr, score_thr:float=0.5, nms_thr:float=0.4, input_size:int=640, **kw):
-        "Faces in a BGR array, an image path or a `PIL.Image` (converted RGB → BGR), or a list of them: `(boxes (N,4), scores (N,), kps (N,5,2)|None)`; see `scrfd_nb.detect.detect`."
-        from scrfd_nb.detect import detect
-        return detect(self, image_bgr, score_thr=score_thr, nms_thr=nms_thr, input_size=input_size, **kw)
 
 def build_model(name:str|SCRFDConfig, # a preset name (`PRESETS`) or a config
                 **overrides) -> SCRFD:
@@ -112,18 +101,6 @@ def load_reference_state_dict(model:nn.Module, state_dict, # reference names: di
     rep.loaded = len(good)
     return rep
 
-def reference_state_dict(model:nn.Module, numpy:bool=False) -> dict:
-    "Our weights under the reference key names (tensors, or numpy arrays for an `.npz`)."
-    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {k: v.numpy() for k, v in sd.items()} if numpy else sd
-
-# %% ../nbs/05_model.ipynb #3f7deae3
-def normalize_bgr(images_bgr:np.ndarray # (N, H, W, 3) or (H, W, 3) uint8 BGR
-                 ) -> Tensor: # (N, 3, H, W) float32, RGB, (x - 127.5) / 128
-    "The reference input normalisation (mmcv `imnormalize`, to_rgb): `scrfd_nb.core.bgr_to_input` on a numpy batch."
-    a = np.asarray(images_bgr)
-    if a.ndim == 3: a = a[None]
-    return bgr_to_input(torch.from_numpy(np.ascontiguousarray(a))).contiguous()
 
 # %% ../nbs/05_model.ipynb #9a7723be
 def _trace(model:SCRFD, size:int=64) -> list[tuple[str, nn.Module]]:
@@ -250,28 +227,6 @@ def load_onnx_model(path, name:str|None=None, **overrides) -> SCRFD:
     name = name or infer_onnx_variant(layers)
     return load_onnx_weights(build_model(name, **overrides), layers)
 
-# %% ../nbs/05_model.ipynb #eb70e8dc
-def conv_norm_pairs(model:nn.Module) -> list[tuple[nn.Conv2d, nn.Module|None]]:
-    "Each distinct conv with the BatchNorm2d/GroupNorm applied right after it (or None), in execution order."
-    trace, out, seen = _trace(model), [], set()
-    for i, (k, m) in enumerate(trace):
-        if k != 'conv' or id(m) in seen: continue
-        seen.add(id(m))
-        nxt = trace[i + 1] if i + 1 < len(trace) else (None, None)
-        out.append((m, nxt[1] if nxt[0] in ('bn', 'gn') else None))
-    return out
-
-# %% ../nbs/05_model.ipynb #29ae8e9e
-def onnx_layout(outs:tuple) -> dict:
-    "Our raw outputs (batch 1) as the official ONNX outputs, in their order: `score_8,16,32` (sigmoid, (H·W·A, 1)), `bbox_*`, `kps_*`."
-    from scrfd_nb.anchors import flatten_level
-    cls, bbox, kps = outs
-    strides = (8, 16, 32)
-    d = {f'score_{s}': flatten_level(c, 1)[0].sigmoid() for s, c in zip(strides, cls)}
-    d.update({f'bbox_{s}': flatten_level(b, 4)[0] for s, b in zip(strides, bbox)})
-    if kps is not None: d.update({f'kps_{s}': flatten_level(k, 10)[0] for s, k in zip(strides, kps)})
-    return d
-
 # %% ../nbs/05_model.ipynb #1240ff05
 def checkpoint_dict(model:SCRFD, **extra) -> dict:
     "What our checkpoints hold: `{'model': state_dict, 'config': {'name', 'overrides'}, **extra}`."
@@ -337,76 +292,3 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
     try: load_reference_state_dict(model, ck)
     except RuntimeError as e: raise RuntimeError(f'{path}: {e}') from None
     return model.eval()
-
-# %% ../nbs/05_model.ipynb #9b0e5497
-def letterbox(image_bgr:np.ndarray, size:int=640) -> tuple[Tensor, float]:
-    "insightface-style input: keep-ratio resize into size×size, top-left on black; → ((1,3,size,size), scale)."
-    import cv2
-    from scrfd_nb.detect import make_batch, get_convention   # lazy: detect builds on the model's modules, not the other way round
-    h, w = image_bgr.shape[:2]
-    s = min(size / h, size / w)
-    nh, nw = int(round(h * s)), int(round(w * s))   # rounded (insightface's `detect.letterbox` floors the short side)
-    return make_batch([cv2.resize(image_bgr, (nw, nh))], (size, size), get_convention('insightface').pad_value), s
-
-@torch.no_grad()
-def layer_outputs(model:SCRFD, x:Tensor # (1, 3, H, W) normalised
-                 ) -> list[tuple[str, Tensor]]: # (name, (C, h, w)) from input to head outputs
-    "Every stage's output of one image: backbone stem + stages, neck levels, head cls/bbox/kps per stride."
-    model = model.eval()
-    bb, outs = model.backbone, [('input', x[0])]
-    stem = bb.stem(x)
-    if hasattr(bb, 'maxpool'): stem = bb.maxpool(stem)
-    outs.append(('backbone.stem', stem[0]))
-    feats, y = [], stem
-    for i, f in enumerate(bb.feature_info):
-        y = getattr(bb, f['module'])(y); feats.append(y)
-        outs.append((f"backbone.{f['module']} (s{f['reduction']})", y[0]))
-    necks = model.neck(feats)
-    outs += [(f'neck.out{i} (s{s})', n[0]) for i, (n, s) in enumerate(zip(necks, model.strides))]
-    cls, bbox, kps = model.bbox_head(necks)
-    for i, s in enumerate(model.strides):
-        outs += [(f'head.cls s{s}', cls[i][0]), (f'head.bbox s{s}', bbox[i][0])]
-        if kps is not None: outs.append((f'head.kps s{s}', kps[i][0]))
-    return outs
-
-def show_feature(model:SCRFD, image_bgr:np.ndarray, i:int, size:int=640, outs:list|None=None, nmax:int=8):
-    "Figure of layer `i` of `layer_outputs`: the input, the channel mean, up to `nmax` channels (cls as sigmoid scores)."
-    import matplotlib.pyplot as plt
-    if outs is None: outs = layer_outputs(model, letterbox(image_bgr, size)[0])
-    name, t = outs[i]
-    rgb = (outs[0][1].permute(1, 2, 0).cpu().numpy() * STD + MEAN).clip(0, 255).astype(np.uint8)
-    if name == 'input':
-        fig, ax = plt.subplots(figsize=(4, 4)); ax.imshow(rgb); ax.set_title('input (RGB)'); ax.axis('off'); return fig
-    t = t.float().cpu()
-    if 'cls' in name: t = t.sigmoid()
-    n = min(nmax, t.shape[0])
-    fig, axs = plt.subplots(1, n + 2, figsize=(2.2 * (n + 2), 2.4))
-    axs[0].imshow(rgb); axs[0].set_title('input', fontsize=8)
-    axs[1].imshow(t.abs().mean(0).numpy(), cmap='viridis'); axs[1].set_title('mean |·| over channels', fontsize=8)
-    for c in range(n):
-        axs[c + 2].imshow(t[c].numpy(), cmap='magma' if 'cls' in name else 'viridis'); axs[c + 2].set_title(f'ch {c}', fontsize=8)
-    for a in axs: a.axis('off')
-    fig.suptitle(f'{i}: {name}  {tuple(t.shape)}', fontsize=10)
-    return fig
-
-# %% ../nbs/05_model.ipynb #8b0dbb96
-class OnnxDetector:
-    "A snapshot of an SCRFD model exported to ONNX and run by onnxruntime on the CPU; `detect` as `SCRFD.detect`, one image."
-    def __init__(self, model:nn.Module,    # any SCRFD model (left untouched)
-                 threads:int|None=None,    # onnxruntime intra-op threads (None: onnxruntime's default)
-                ):
-        import tempfile, onnxruntime as ort
-        from scrfd_nb.export import export_onnx
-        so = ort.SessionOptions(); so.log_severity_level = 3
-        if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-        with tempfile.TemporaryDirectory() as d:     # onnxruntime reads the file into memory
-            p = export_onnx(model, Path(d)/'model.onnx', shape=(640, 640))
-            self.session = ort.InferenceSession(str(p), sess_options=so, providers=['CPUExecutionProvider'])
-        self.threads, self.name = threads, getattr(getattr(model, 'cfg', None), 'name', None)
-    def __repr__(self): return f"OnnxDetector({self.name}, threads={self.threads})"
-    def detect(self, image_bgr,             # (h, w, 3) uint8 BGR array or an image path
-               score_thr:float=0.5, nms_thr:float=0.4, input_size=640, mode:str='insightface',
-              ) -> tuple:                   # boxes (N, 4), scores (N,), kps (N, 5, 2) or None; numpy
-        "Faces in one image, decoded exactly like `model.detect`."
-        from scrfd_nb.export import detect_onnx
-        return detect_onnx(self.session, image_bgr, score_thr, nms_thr, input_size, mode)

@@ -5,14 +5,16 @@
 # %% ../nbs/18_test_widerface.ipynb #5f47bd19
 from __future__ import annotations
 import argparse, json, sys, time
+from functools import partial
 from pathlib import Path
 import numpy as np
 import cv2
 import torch
 from .anchors import STRIDES, feat_sizes_for
+from .config import DetectCfg
 from .detect import mmdet_resize, make_batch, postprocess_flat
 from .export import ExportWrapper, onnx_session, run_onnx
-from .transforms import read_image, ImageError
+from .data import ImageList
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line
 
 # %% auto #0
@@ -112,16 +114,6 @@ def load_runner(weights, config:str|None=None, device='cpu', backend:str='torch'
     return TorchRunner(load_model(weights, config), device)
 
 # %% ../nbs/18_test_widerface.ipynb #63f0aa46
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, items, mode): self.items, self.mode = items, mode
-    def __len__(self): return len(self.items)
-    def __getitem__(self, i):
-        event, name, path = self.items[i]
-        try: img = read_image(path)          # the reader of `data check`: a truncated JPEG is an error too
-        except ImageError as e: return None, dict(event=event, name=name, path=path, error=str(e))
-        resized, meta = resize_for_test(img, self.mode)
-        return resized, dict(meta, event=event, name=name)
-
 def _progress(total, desc):
     "tqdm when installed, else a minimal text bar on stderr."
     try:
@@ -146,7 +138,7 @@ def to_xywh(boxes, scores) -> np.ndarray:
 
 def decode_batch(outs:list,        # export layout: per level scores (B, rows, 1), boxes (B, rows, 4)[, kps]
                  metas:list,       # per image: img_hw, scale, orig_hw, pad_hw (from `resize_for_test`)
-                 score_thr:float=0.02, nms_thr:float=0.45, strides=STRIDES,
+                 score_thr:float=DetectCfg.score_thr, nms_thr:float=DetectCfg.nms_thr, strides=STRIDES,
                  nms_pre:int=-1,   # >0: each image's best candidates only (`detect.postprocess_flat`)
                 ) -> list[np.ndarray]:
     "mmdet test-path detections per image as (n, 5) float32 `[x, y, w, h, score]` in original pixels."
@@ -161,13 +153,13 @@ def decode_batch(outs:list,        # export layout: per level scores (B, rows, 1
 
 def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any callable with the export layout)
                       items:list,             # [(event, name, path)] from `list_images`
-                      mode:int=0, score_thr:float=0.02, nms_thr:float=0.45,
+                      mode:int=0, score_thr:float=DetectCfg.score_thr, nms_thr:float=DetectCfg.nms_thr,
                       batch_size:int=1, workers:int=0, progress:bool=True,
                       failed:list|None=None,  # given: unreadable images go here as (path, message) and the run goes on
                       nms_pre:int=-1,         # >0: each image's best candidates only (the trainer's evaluation: 1000)
                      ) -> dict:               # preds[event][name] = (n, 5) float32 x, y, w, h, score
     "Detections for every image with the reference test protocol, batched over images of equal padded shape."
-    loader = torch.utils.data.DataLoader(_Images(items, mode), batch_size=batch_size, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ImageList(items, partial(resize_for_test, mode=mode)), batch_size=batch_size, num_workers=workers,
                                          collate_fn=list, shuffle=False)
     dev = getattr(runner, 'device', 'cpu')
     bar = _progress(len(items), f'mode {mode}') if progress else None
@@ -220,7 +212,7 @@ def score_preds(preds:dict, gt) -> dict:
     return {k: float(r[k]) for k in ('easy', 'medium', 'hard')}
 
 # %% ../nbs/18_test_widerface.ipynb #23763bb2
-def run_test(weights, data_path, out, mode:int=0, thr:float=0.02, nms_thr:float=0.45, batch_size:int=1,
+def run_test(weights, data_path, out, mode:int=0, thr:float=DetectCfg.score_thr, nms_thr:float=DetectCfg.nms_thr, batch_size:int=1,
              workers:int=0, device='cpu', config=None, gt=None, backend='torch', json_path=None, progress=True,
              nms_pre:int=-1) -> dict:
     "Check every input, predict, write the WIDER result files to `out`; `{'preds', 'aps', 'failed'}` (`aps` None without ground truth, `failed` the unreadable images)."
@@ -254,9 +246,9 @@ def main(argv=None):
     ap.add_argument('--data-path', required=True, help="WIDER root, its val/ folder, or an images folder (<event>/<name>.jpg)")
     ap.add_argument('--out', default='wout', help="folder for the <event>/<name>.txt result files")
     ap.add_argument('--mode', type=_mode_arg, default=0, help="0: 640 with pad; 1: 1100x1650; 2: original size; N>30: NxN")
-    ap.add_argument('--thr', type=UNIT, default=0.02, help="score threshold in [0, 1] (strict >)")
-    ap.add_argument('--nms-thr', type=UNIT, default=0.45, help="NMS IoU threshold in [0, 1]")
-    ap.add_argument('--nms-pre', type=int, default=-1, help="candidates per image kept before NMS (-1: all, the reference; training evaluates with 1000)")
+    ap.add_argument('--thr', type=UNIT, default=DetectCfg.score_thr, help=f"score threshold in [0, 1] (strict >; default {DetectCfg.score_thr}, the reference's)")
+    ap.add_argument('--nms-thr', type=UNIT, default=DetectCfg.nms_thr, help=f"NMS IoU threshold in [0, 1] (default {DetectCfg.nms_thr}, the reference's)")
+    ap.add_argument('--nms-pre', type=in_range(0, None, int), default=0, help="candidates per image kept before NMS (0: all, the reference; training evaluates with 1000)")
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=1)
     ap.add_argument('--workers', type=in_range(0, None, int), default=0, help="DataLoader workers reading and resizing images")
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")

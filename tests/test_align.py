@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import require_shared
+from scrfd_nb.detect import detect
 from scrfd_nb.align import ARCFACE_DST, arcface_template, umeyama, estimate_norm, align_faces, save_crops
 
 PHOTOS = ['astronaut.png', 'solvay_conference_1927.jpg', '0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
@@ -18,7 +19,7 @@ def detections():
     out = {}
     for name in PHOTOS:
         img = cv2.imread(str(d/'data'/'images'/name))
-        out[name] = (img, model.detect(img)[2])
+        out[name] = (img, detect(model, img)[2])
     return out
 
 

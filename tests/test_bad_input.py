@@ -131,6 +131,8 @@ def test_test_widerface_checks_gt_first_and_goes_on(w, photos, tmp_path):
             '--no-progress')
     fails(r, 2, '--gt', tmp_path/'nope')
     assert not list((tmp_path/'o').rglob('*.txt'))                      # nothing predicted before the check
+    r = run('test_widerface', '--weights', w, '--data-path', root, '--out', tmp_path/'o', '--nms-pre', '-5')
+    assert r.returncode == 2 and 'argument --nms-pre: -5 is not an integer in [0, inf)' in r.stderr, r.stderr
     r = run('test_widerface', '--weights', w, '--data-path', root, '--out', tmp_path/'o', '--device', 'cpu',
             '--no-progress')
     fails(r, 1, '1 images could not be read', ev/'0_Parade_cut.jpg', 'truncated JPEG')

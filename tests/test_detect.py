@@ -88,6 +88,7 @@ def test_cli_crops(shared, tmp_path):
     import cv2, torch
     from scrfd_nb.align import align_faces
     from scrfd_nb.model import load_model
+    from scrfd_nb.detect import detect
     src = tmp_path/'photos'
     for sub, f in (('a', 'astronaut.png'), ('b', '19_Couple_Couple_19_743.jpg'), ('b/c', 'solvay_conference_1927.jpg')):
         (src/sub).mkdir(parents=True); (src/sub/'p.png').write_bytes((shared/'data'/'images'/f).read_bytes())
@@ -101,7 +102,7 @@ def test_cli_crops(shared, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)                                  # as the subprocess: the same keypoints to the last bit
     model = load_model(w)
-    try: detected = {rel: (cv2.imread(str(src/rel)), model.detect(cv2.imread(str(src/rel)))[2]) for rel in dets}
+    try: detected = {rel: (cv2.imread(str(src/rel)), detect(model, cv2.imread(str(src/rel)))[2]) for rel in dets}
     finally: torch.set_num_threads(threads)
     for rel, faces in dets.items():
         img, kps = detected[rel]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from scrfd_nb.detect import detect
 from scrfd_nb.config import PRESETS
 from scrfd_nb.model import build_model, load_model
 from scrfd_nb.export import ExportWrapper, export_onnx, fuse_model, onnx_session, run_onnx, detect_onnx, output_names
@@ -105,12 +106,12 @@ def _img(name):
 
 @pytest.mark.parametrize('model_file', ['det_500m.onnx', 'det_2.5g.onnx', 'scrfd_500m.onnx'])
 def test_official_weights_export_detect(model_file, tmp_path, shared):
-    "Official weights → our model → our export → onnxruntime + the shared decoder: model.detect's faces."
+    "Official weights → our model → our export → onnxruntime + the shared decoder: detect(model, image)'s faces."
     model = load_model(shared/'data'/'models'/model_file)
     p = export_onnx(model, tmp_path/'m.onnx', shape=(320, 320))
     img = _img('solvay_conference_1927.jpg')
     b, s, k = detect_onnx(p, img)
-    rb, rs, rk = model.detect(img)
+    rb, rs, rk = detect(model, img)
     assert len(b) == len(rb) == 29                                        # every model finds the 29 people
     np.testing.assert_allclose(b, rb, atol=1e-3)
     np.testing.assert_allclose(s, rs, atol=1e-5)
@@ -136,7 +137,7 @@ def _same_dets(det, kpss, boxes, scores, kps, box_tol=1e-3):
 @pytest.mark.parametrize('model_file,legacy', [('det_500m.onnx', False), ('det_2.5g.onnx', False), ('det_2.5g.onnx', True)],
                          ids=['det_500m-batched', 'det_2.5g-batched', 'det_2.5g-legacy'])
 def test_insightface_reads_our_export(model_file, legacy, tmp_path, shared):
-    "insightface 2.1's SCRFD class on our export of the official keypoint weights = model.detect on a real photo."
+    "insightface 2.1's SCRFD class on our export of the official keypoint weights = detect(model, image) on a real photo."
     SCRFD = _insightface_scrfd()
     model = load_model(shared/'data'/'models'/model_file)
     p = export_onnx(model, tmp_path/'ours.onnx', shape=(640, 640), legacy=legacy)
@@ -145,7 +146,7 @@ def test_insightface_reads_our_export(model_file, legacy, tmp_path, shared):
     assert det.use_kps and det.batched == (not legacy)
     img = _img('0_Parade_marchingband_1_20.jpg')
     d, k = det.detect(img, input_size=(640, 640))
-    _same_dets(d, k, *model.detect(img))
+    _same_dets(d, k, *detect(model, img))
 
 
 def test_insightface_random_10g_bnkps(tmp_path):
@@ -157,14 +158,14 @@ def test_insightface_random_10g_bnkps(tmp_path):
     img = cv2.imread(str(d/'data'/'images'/'astronaut.png')) if d else np.random.default_rng(0).integers(0, 255, (480, 512, 3), np.uint8)
     model = perturbed_model('scrfd_10g_bnkps')
     p = export_onnx(model, tmp_path/'r.onnx', shape=(64, 64))
-    _, scores, _ = model.detect(img, score_thr=0.0, nms_thr=1.1, input_size=320)   # every candidate: pick a threshold
+    _, scores, _ = detect(model, img, score_thr=0.0, nms_thr=1.1, input_size=320)   # every candidate: pick a threshold
     s = np.sort(scores)[::-1][:200]
     gaps = np.flatnonzero(s[:-1] - s[1:] > 1e-3)
     thr = float((s[gaps[0]] + s[gaps[0] + 1]) / 2) if len(gaps) else float(s[-1]) - 1e-3
     det = SCRFD(model_file=str(p))
     det.prepare(-1, input_size=(320, 320), det_thresh=thr, nms_thresh=0.4)
     dd, kk = det.detect(img, input_size=(320, 320))
-    _same_dets(dd, kk, *model.detect(img, score_thr=thr, input_size=320))
+    _same_dets(dd, kk, *detect(model, img, score_thr=thr, input_size=320))
 
 
 def test_cli(tmp_path):
@@ -251,11 +252,11 @@ def test_groupnorm_export(name, mode, tmp_path):
 
 
 def test_groupnorm_official_weights(shared, tmp_path):
-    "The official scrfd_500m.onnx (InstanceNormalization inside) re-exported both ways: model.detect's 29 faces."
+    "The official scrfd_500m.onnx (InstanceNormalization inside) re-exported both ways: detect(model, image)'s 29 faces."
     from scrfd_nb.export import check_graph
     model = load_model(shared/'data'/'models'/'scrfd_500m.onnx')
     img = _img('solvay_conference_1927.jpg')
-    rb, rs, _ = model.detect(img)
+    rb, rs, _ = detect(model, img)
     assert len(rb) == 29
     for mode, opset in [('native', 21), ('decompose', 11)]:
         p = export_onnx(model, tmp_path/f'{mode}.onnx', shape=(320, 320), opset=opset, groupnorm=mode)

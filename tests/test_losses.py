@@ -9,7 +9,8 @@ from scrfd_nb.anchors import grid_anchors, feat_sizes_for
 from scrfd_nb.assign import atss_assign, assigned_labels
 from scrfd_nb.losses import build_targets, compute_loss, model_loss, pad_targets
 from scrfd_nb.config import SCRFDConfig
-from scrfd_nb.model import build_model, load_reference_state_dict, normalize_bgr
+from scrfd_nb.model import build_model, load_reference_state_dict
+from scrfd_nb.core import bgr_to_input
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_KEYS = ('loss_cls', 'loss_bbox', 'loss_kps')
@@ -52,7 +53,7 @@ def test_golden_losses_targets_gradients(shared, run, cfg):
     model = build_model(cfg)
     assert load_reference_state_dict(model, _npz(g / f'{cfg}_state_dict.npz')).ok
     model.train()
-    x = normalize_bgr(_npz(g / 'inputs_640.npz')['images_bgr_uint8'])
+    x = bgr_to_input(torch.from_numpy(_npz(g / 'inputs_640.npz')['images_bgr_uint8'])).contiguous()   # NCHW, as the reference
     gbl = [z[f'img{i}_gt_bboxes'] for i in range(2)]
     gkl = [z[f'img{i}_gt_keypointss'] for i in range(2)]
     res = model_loss(model, x, gbl, gkl, [z[f'img{i}_gt_bboxes_ignore'] for i in range(2)])
@@ -98,7 +99,7 @@ def test_golden_losses_targets_gradients(shared, run, cfg):
 def test_model_without_keypoints_has_no_kps_loss():
     torch.manual_seed(0)
     m = build_model('scrfd_500m').train()
-    res = m.loss(torch.randn(2, 3, 96, 96), [np.array([[10., 10, 50, 60]]), np.zeros((0, 4))], None)
+    res = model_loss(m, torch.randn(2, 3, 96, 96), [np.array([[10., 10, 50, 60]]), np.zeros((0, 4))], None)
     assert 'loss_kps' not in res and 'loss_kps_per_level' not in res
     assert all(torch.isfinite(res[k]) for k in ('loss_cls', 'loss_bbox')) and int(res['num_pos']) > 0
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 from scrfd_nb.config import PRESETS, get_config
-from scrfd_nb.model import (build_model, load_reference_state_dict, reference_state_dict, load_model, save_model,
-                            load_onnx_model, onnx_layout, normalize_bgr, LoadReport)
+from scrfd_nb.core import bgr_to_input
+from scrfd_nb.export import ExportWrapper, output_names
+from scrfd_nb.model import build_model, load_reference_state_dict, load_model, save_model, load_onnx_model, LoadReport
 
 GOLDEN = ['scrfd_500m_bnkps', 'scrfd_2.5g_bnkps', 'scrfd_10g_bnkps', 'scrfd_10g']
 ONNX = {'det_500m': 'scrfd_500m_bnkps', 'det_2.5g': 'scrfd_2.5g_bnkps', 'scrfd_500m': 'scrfd_500m',
@@ -31,7 +32,7 @@ def test_golden_head_outputs(shared, name):
     m = build_model(name).eval()
     rep = load_reference_state_dict(m, _npz(g / f'{name}_state_dict.npz'))
     assert rep.ok
-    x = normalize_bgr(_npz(g / 'inputs_640.npz')['images_bgr_uint8'])
+    x = bgr_to_input(torch.from_numpy(_npz(g / 'inputs_640.npz')['images_bgr_uint8'])).contiguous()   # NCHW, as the reference
     ref = _npz(g / f'{name}_head_outputs.npz')
     with torch.no_grad(): cls, bbox, kps = m(x)
     assert (kps is None) == (not m.use_kps)
@@ -40,7 +41,7 @@ def test_golden_head_outputs(shared, name):
         np.testing.assert_allclose(bbox[i].numpy(), ref[f'bbox_pred_s{s}'], rtol=1e-4, atol=1e-4)
         if kps is not None: np.testing.assert_allclose(kps[i].numpy(), ref[f'kps_pred_s{s}'], rtol=1e-4, atol=1e-4)
     # round trip back to reference names
-    back = reference_state_dict(m, numpy=True)
+    back = {k: v.numpy() for k, v in m.state_dict().items()}
     sd = _npz(g / f'{name}_state_dict.npz')
     assert sorted(back) == sorted(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
 
@@ -51,7 +52,8 @@ def test_onnx_stored_outputs(shared, f):
     assert m.cfg.name == ONNX[f]
     x = torch.from_numpy(_npz(shared / 'data' / 'images' / 'solvay_conference_1927.input640.npz')['input'])
     ref = _npz(shared / 'data' / 'images' / f'solvay_conference_1927.{f}.outputs640.npz')
-    with torch.no_grad(): ours = onnx_layout(m(x))
+    with torch.no_grad(): outs = ExportWrapper(m, legacy=True)(x)   # the official files' 2-D layout
+    ours = dict(zip(output_names(m.use_kps), outs))
     assert sorted(ours) == sorted(k for k in ref if k != 'onnx_output_names')
     for k, v in ours.items(): np.testing.assert_allclose(v.numpy(), ref[k], atol=1e-4, rtol=0, err_msg=k)
 
@@ -66,7 +68,7 @@ def test_onnx_matches_onnxruntime_other_size(shared, f):
     x = torch.from_numpy(np.random.RandomState(0).uniform(-1, 1, (1, 3, 224, 320)).astype(np.float32))
     theirs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     m = load_onnx_model(path)
-    with torch.no_grad(): ours = list(onnx_layout(m(x)).values())
+    with torch.no_grad(): ours = list(ExportWrapper(m, legacy=True)(x))
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs): np.testing.assert_allclose(a.numpy(), b.reshape(a.shape), atol=1e-4, rtol=0)
 
@@ -95,7 +97,7 @@ def test_load_model_formats(shared, tmp_path):
 
 def test_strict_report_lists_keys():
     m = build_model('scrfd_500m')
-    sd = reference_state_dict(m)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
     sd.pop('bbox_head.scales.0.scale'); sd['bbox_head.extra'] = torch.zeros(1)
     sd['neck.fpn_convs.0.conv.bias'] = torch.zeros(3)
     rep = load_reference_state_dict(build_model('scrfd_500m'), sd, strict=False)

@@ -4,6 +4,7 @@ through the CLI, and the official det_500m on a few synthetic faces (a decoder e
 import json, subprocess, sys
 import numpy as np
 import pytest
+from scrfd_nb.detect import detect
 from scrfd_nb.evaluate import (greedy_match, landmark_nme, evaluate_landmarks, load_gt_labelv2, write_pred_dir,
                                read_pred_dir, evaluate_widerface)
 
@@ -128,7 +129,7 @@ def test_official_det_500m_on_synthetic_faces(tmp_path, shared):
     model = load_model(shared/'data'/'models'/'det_500m.onnx')
     preds, kps, shuffled = {}, {}, {}
     for ev, nm in zip(gt.events, gt.names):
-        b, s, k = model.detect(cv2.imread(str(root/'val'/'images'/ev/f'{nm}.jpg')), score_thr=0.3)
+        b, s, k = detect(model, cv2.imread(str(root/'val'/'images'/ev/f'{nm}.jpg')), score_thr=0.3)
         preds.setdefault(ev, {})[nm] = to_xywh(b, s)
         kps.setdefault(ev, {})[nm] = k
         shuffled.setdefault(ev, {})[nm] = k[:, [1, 0, 2, 4, 3]]   # left/right swapped

@@ -1,10 +1,12 @@
-"""model.OnnxDetector (the fast CPU path, issue 15 point 1): the same faces as model.detect on real photos, keypoint
+"""export.OnnxDetector (the fast CPU path, issue 15 point 1): the same faces as detect(model, image) on real photos, keypoint
 and group-norm official weights, two input sizes; a snapshot that does not follow later weight changes."""
 import cv2
 import numpy as np
 import pytest
 import torch
-from scrfd_nb.model import load_model, OnnxDetector
+from scrfd_nb.detect import detect
+from scrfd_nb.model import load_model
+from scrfd_nb.export import OnnxDetector
 
 
 @pytest.mark.parametrize('model_file', ['det_2.5g.onnx', 'scrfd_500m.onnx'])
@@ -13,7 +15,7 @@ def test_same_faces_as_model_detect(model_file, shared):
     fast = OnnxDetector(model, threads=1)
     for name, size in [('0_Parade_marchingband_1_20.jpg', 640), ('19_Couple_Couple_19_743.jpg', 320)]:
         img = cv2.imread(str(shared/'data'/'images'/name))
-        b, s, k = model.detect(img, input_size=size)
+        b, s, k = detect(model, img, input_size=size)
         fb, fs, fk = fast.detect(img, input_size=size)
         assert len(fb) == len(b) > 0
         np.testing.assert_allclose(fb, b, atol=1e-3)
@@ -30,6 +32,6 @@ def test_snapshot(shared):
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters(): p.mul_(1 + 0.3 * torch.randn_like(p))
-    after = model.detect(img)[0]
+    after = detect(model, img)[0]
     assert len(after) != len(before) or not np.allclose(after, before, atol=1)   # the model has changed
     np.testing.assert_array_equal(fast.detect(img)[0], before)       # its snapshot still does

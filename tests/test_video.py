@@ -47,6 +47,7 @@ def decoded_frames(path):
 def model():
     import torch
     from scrfd_nb.model import load_model
+    from scrfd_nb.detect import detect
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # as the subprocess (OMP_NUM_THREADS=1)
     yield load_model(require_shared()/'data'/'models'/'det_500m.onnx')
@@ -67,7 +68,7 @@ def test_video_batched_equals_each_frame_alone(model, tmp_path):
     assert f'{src}: 10 frames, {sum(len(l["faces"]) for l in lines)} faces' in r.stdout
     prev = None
     for l, f in zip(lines, frames):
-        boxes, scores, kps = model.detect(f)
+        boxes, scores, kps = detect(model, f)
         assert len(l['faces']) == len(boxes) >= 10, (l['frame'], len(l['faces']), len(boxes))
         np.testing.assert_allclose([d['box'] for d in l['faces']], boxes, rtol=0, atol=1e-3)
         np.testing.assert_allclose([d['score'] for d in l['faces']], scores, rtol=0, atol=1e-5)
