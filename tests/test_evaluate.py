@@ -1,5 +1,5 @@
 """WIDER FACE evaluation against the reference: the four golden prediction sets on the official .mat ground truth
-(APs to 1e-6, 1000-point PR arrays identical, NaNs included; the one full golden sweep, nbs/14_evaluate.ipynb shows one
+(APs to 1e-6, 1000-point PR arrays identical, NaNs included; the one full golden sweep, nbs/15_evaluate.ipynb shows one
 set), the CLI round trip through result files, a randomised comparison with the per-image loop port
 (tests/evaluate_refs.py, which bench/evaluate.py times), and the error messages for bad input."""
 import json, subprocess, sys

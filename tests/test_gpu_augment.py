@@ -1,6 +1,6 @@
 """scrfd_nb.gpu_augment against the reference's recorded outputs and the step-by-step ports (tests/pipeline_refs.py),
 through the real dataset/loader path, and on an accelerator when there is one. The golden and port checks moved here
-from nbs/20_gpu_augment.ipynb with the ports; the earlier uint8/float32 split (CropPipeline + collate_hwc +
+from nbs/13_gpu_augment.ipynb with the ports; the earlier uint8/float32 split (CropPipeline + collate_hwc +
 gpu_normalize_batch, no longer a training path) is checked here because bench/ still measures it."""
 import numpy as np, pytest, torch
 from scrfd_nb.core import golden, shared_file, MEAN, STD
