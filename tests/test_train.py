@@ -276,7 +276,7 @@ def test_training_ap_equals_test_widerface(data, tmp_path, shared):
         assert r.returncode == 0, r.stderr[-3000:]
         logged = [json.loads(l) for l in (work/'metrics.jsonl').read_text().splitlines() if 'ap_hard' in l][-1]
         t = run_py(['-m', 'scrfd_nb.test_widerface', '--weights', str(onnx), '--data-path', str(data), '--mode', '96',
-                    '--nms-pre', '-1' if nms_pre == '0' else nms_pre, '--out', str(tmp_path/f'o{nms_pre}'),
+                    '--nms-pre', nms_pre, '--out', str(tmp_path/f'o{nms_pre}'),
                     '--json', str(tmp_path/f'aps{nms_pre}.json'), '--no-progress'])
         assert t.returncode == 0, t.stderr[-3000:]
         printed = json.loads((tmp_path/f'aps{nms_pre}.json').read_text())

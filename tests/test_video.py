@@ -47,7 +47,6 @@ def decoded_frames(path):
 def model():
     import torch
     from scrfd_nb.model import load_model
-    from scrfd_nb.detect import detect
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # as the subprocess (OMP_NUM_THREADS=1)
     yield load_model(require_shared()/'data'/'models'/'det_500m.onnx')
@@ -55,6 +54,7 @@ def model():
 
 
 def test_video_batched_equals_each_frame_alone(model, tmp_path):
+    from scrfd_nb.detect import detect
     w = require_shared()/'data'/'models'/'det_500m.onnx'
     src = write_video(tmp_path/'clip', 10)
     t = time.perf_counter()
