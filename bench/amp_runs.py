@@ -14,7 +14,7 @@ hard AP and its spread, and the paired difference (bf16 - fp32, same seed) with 
 On a CPU without bf16 instructions (this project's 2-core AMD EPYC: no AVX512-BF16/AMX) bf16 autocast is emulated
 and a run takes about 4x the fp32 time (8.5-9 img/s against 37 img/s at 2 threads).
 """
-import argparse, json, math, os, platform, subprocess, sys, time
+import argparse, json, math, os, platform, shutil, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def done(path):
 
 def one_run(seed, amp, args):
     work = Path(args.work_root) / f'{amp}_s{seed}'
-    if work.exists(): subprocess.run(['rm', '-rf', str(work)], check=True)
+    if work.exists(): shutil.rmtree(work)   # a run cut short earlier: start it again
     cmd = [sys.executable, '-m', 'scrfd_nb.train', '--seed', str(seed), '--amp', amp, '--work-dir', str(work),
            '--num-val', str(args.num_val), '--no-progress']
     env = os.environ | {'OMP_NUM_THREADS': str(args.threads), 'MKL_NUM_THREADS': str(args.threads),
@@ -100,7 +100,9 @@ if __name__ == '__main__':
     ap.add_argument('--out', default=str(RESULTS))
     ap.add_argument('--report', action='store_true')
     a = ap.parse_args()
-    if a.report: report(a.out); sys.exit(0)
+    if a.report:
+        if not Path(a.out).is_file(): sys.exit(f'--out {a.out}: no results yet (run without --report first)')
+        report(a.out); sys.exit(0)
     have = done(Path(a.out))
     todo = [(s, m) for s in parse_seeds(a.seeds) for m in a.amp if (s, m) not in have]
     print(f"{len(todo)} runs to do: {todo}", flush=True)
