@@ -4,7 +4,7 @@ import warnings
 import cv2
 import numpy as np
 import pytest
-from conftest import require_shared
+from conftest import require_shared, require_package, INSIGHTFACE_HINT
 from scrfd_nb.detect import detect
 from scrfd_nb.align import ARCFACE_DST, arcface_template, umeyama, estimate_norm, align_faces, save_crops
 
@@ -26,7 +26,7 @@ def detections():
 @pytest.mark.filterwarnings('ignore:`estimate` is deprecated')   # scikit-image 0.26, inside insightface's estimate_norm
 @pytest.mark.parametrize('name', PHOTOS)
 def test_crops_match_insightface(detections, name):
-    face_align = pytest.importorskip('insightface.utils.face_align')
+    face_align = require_package('insightface.utils.face_align', INSIGHTFACE_HINT)
     img, kps = detections[name]
     assert len(kps) > 0
     crops = align_faces(img, kps)
@@ -41,7 +41,7 @@ def test_crops_match_insightface(detections, name):
 
 
 def test_umeyama_equals_skimage_float64():
-    tf = pytest.importorskip('skimage.transform')
+    tf = require_package('skimage.transform', 'pip install scikit-image')
     rng = np.random.default_rng(1)
     for _ in range(20):
         src = rng.uniform(0, 500, (5, 2))

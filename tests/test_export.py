@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from conftest import require_package, INSIGHTFACE_HINT
 from scrfd_nb.detect import detect
 from scrfd_nb.config import PRESETS
 from scrfd_nb.model import build_model, load_model
@@ -119,12 +120,7 @@ def test_official_weights_export_detect(model_file, tmp_path, shared):
 
 
 def _insightface_scrfd():
-    try:
-        from insightface.model_zoo.scrfd import SCRFD
-    except ImportError as e:
-        pytest.skip(f"insightface is not installed ({e}); install it with `pip install --no-deps insightface==2.1` "
-                    "plus scikit-image, scipy, tqdm, requests (never its opencv-python dependency)")
-    return SCRFD
+    return require_package('insightface.model_zoo.scrfd', INSIGHTFACE_HINT).SCRFD
 
 
 def _same_dets(det, kpss, boxes, scores, kps, box_tol=1e-3):
@@ -181,12 +177,10 @@ def test_cli(tmp_path):
     assert e.value.code == 2
 
 
-def test_simplify_without_onnxsim(tmp_path):
-    try:
-        import onnxsim  # noqa: F401
-        pytest.skip('onnxsim is installed')
-    except ImportError: pass
-    with pytest.raises(ImportError, match='onnxsim'):
+def test_simplify_without_onnxsim(tmp_path, monkeypatch):
+    "Without onnxsim (made unimportable here, so the test runs where it is installed, as in CI): a clear ImportError."
+    monkeypatch.setitem(sys.modules, 'onnxsim', None)   # Python's way to make `import onnxsim` raise ImportError
+    with pytest.raises(ImportError, match='pip install onnxsim'):
         export_onnx(build_model('scrfd_500m'), tmp_path/'s.onnx', shape=(64, 64), simplify=True)
 
 
@@ -333,7 +327,7 @@ def test_int8_export_and_cli(d500_fp32, tmp_path, shared):
 
 def test_simplify_keeps_parity(tmp_path):
     "onnx-simplifier on a dynamic keypoint model: no Shape chains left that a fixed graph folds, same outputs."
-    pytest.importorskip('onnxsim')
+    require_package('onnxsim', 'pip install onnxsim (a dev requirement)')
     from scrfd_nb.export import check_graph
     m = perturbed_model('scrfd_500m_bnkps')
     x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(3))

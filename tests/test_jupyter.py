@@ -15,7 +15,7 @@ writes the README's screenshots (JPEG) there."""
 import os, re, shutil, signal, socket, subprocess, sys, time, secrets, json, urllib.request
 from pathlib import Path
 import pytest
-from conftest import IN_CI, require_shared
+from conftest import require_shared, skip_or_fail
 from test_notebooks import ROOT, USES_SHARED, draws, skipped
 
 CHROMIUM = Path(os.environ.get('CHROMIUM', '/usr/bin/chromium'))
@@ -31,8 +31,7 @@ SERVER_START_S, PAGE_S, RUN_ALL_S, WIDGET_S = 120, 60, 600, 60
 
 
 def _missing(msg):
-    if IN_CI: pytest.fail(msg + ' (required under CI: .ci/run installs it)')
-    pytest.skip(msg)
+    skip_or_fail(msg)
 
 
 def _free_port() -> int:

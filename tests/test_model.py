@@ -2,6 +2,7 @@
 the stored onnxruntime outputs and against onnxruntime itself at another input size, checkpoint formats."""
 import numpy as np
 import pytest
+from conftest import require_package
 import torch
 from scrfd_nb.config import PRESETS, get_config
 from scrfd_nb.core import bgr_to_input
@@ -61,7 +62,7 @@ def test_onnx_stored_outputs(shared, f):
 @pytest.mark.parametrize('f', ['det_500m', 'scrfd_2.5g'])
 def test_onnx_matches_onnxruntime_other_size(shared, f):
     "A non-square size the stored outputs don't cover, run through onnxruntime itself."
-    ort = pytest.importorskip('onnxruntime')
+    ort = require_package('onnxruntime', 'a dev requirement: pip install -e ".[dev]"')
     path = shared / 'data' / 'models' / f'{f}.onnx'
     so = ort.SessionOptions(); so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])

@@ -13,6 +13,7 @@ import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
+from conftest import require_package
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_failing_rank_stops_the_job(data, tmp_path):
 
 
 def test_init_from_onnx_reproduces_its_detections(data, tmp_path, shared):
-    ort = pytest.importorskip('onnxruntime')
+    ort = require_package('onnxruntime', 'a dev requirement: pip install -e ".[dev]"')
     from scrfd_nb.detect import preprocess, onnx_outputs_to_flat, postprocess_flat
     from scrfd_nb.evaluate import read_pred_dir
     from scrfd_nb.config import get_config

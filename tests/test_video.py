@@ -5,9 +5,9 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import require_shared
+from conftest import require_shared, require_package, skip_or_fail
 
-cv2 = pytest.importorskip('cv2')
+cv2 = require_package('cv2', 'opencv-python-headless, a requirement of the package')
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
 
@@ -25,7 +25,7 @@ def write_video(path_stem, n, size=(640, 360), fps=10):
         path = path_stem.with_suffix(ext)
         vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*cc), fps, size)
         if vw.isOpened(): break
-    else: pytest.skip('this OpenCV build writes neither MJPG .avi nor mp4v .mp4')
+    else: skip_or_fail('this OpenCV build writes neither MJPG .avi nor mp4v .mp4 (opencv-python-headless wheels do)')
     for i in range(n):
         f = 0.75 * (1 + 0.012 * i)
         im = cv2.resize(photo, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
