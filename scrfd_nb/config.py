@@ -4,13 +4,14 @@
 
 # %% ../nbs/01_config.ipynb #c9be380c
 from __future__ import annotations
-import ast, dataclasses
+import ast, dataclasses, json
+from pathlib import Path
 from dataclasses import dataclass, field, fields, replace, is_dataclass, asdict
 
 # %% auto #0
 __all__ = ['PRESETS', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg', 'TrainCfg',
-           'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'config_overrides',
-           'config_to_dict', 'config_from_dict']
+           'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'is_config_file',
+           'read_config_file', 'write_config_file', 'config_overrides', 'config_to_dict', 'config_from_dict']
 
 # %% ../nbs/01_config.ipynb #31defda8
 @dataclass(frozen=True)
@@ -240,12 +241,35 @@ def apply_overrides(cfg:SCRFDConfig, **overrides) -> SCRFDConfig:
     for key, value in overrides.items(): cfg = _set(cfg, config_key(cfg, key).split('.'), value, key)
     return cfg
 
-def get_config(name:str, # a key of `PRESETS`
+def get_config(name:str, # a key of `PRESETS`, or a config JSON file (`write_config_file`)
                **overrides) -> SCRFDConfig:
-    "The preset `name` with `overrides` applied."
+    "The preset `name` (or the config a JSON file holds) with `overrides` applied."
     if isinstance(name, SCRFDConfig): return apply_overrides(name, **overrides)
+    if is_config_file(name): return apply_overrides(read_config_file(name), **overrides)
     if name not in PRESETS: raise KeyError(f"unknown SCRFD variant {name!r}; known: {', '.join(PRESETS)}")
     return apply_overrides(PRESETS[name], **overrides)
+
+# %% ../nbs/01_config.ipynb #a9da8909
+def is_config_file(name) -> bool:
+    "Whether a variant name is a config JSON file (by its suffix)."
+    return isinstance(name, (str, Path)) and str(name).lower().endswith('.json')
+
+def read_config_file(path) -> SCRFDConfig:
+    "The config a JSON file holds: `config_to_dict`'s form, a full `to_dict()`, or a run's config.json (`model_config`)."
+    p = Path(path)
+    if not p.is_file(): raise KeyError(f"config file {p} not found")
+    try: d = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e: raise KeyError(f"config file {p}: not readable JSON ({e})") from None
+    if isinstance(d, dict) and isinstance(d.get('model_config'), dict): d = d['model_config']
+    if not isinstance(d, dict) or not isinstance(d.get('name'), str):
+        raise KeyError(f"config file {p}: expected an object with a 'name' (and 'overrides'), as config_to_dict writes")
+    try: return config_from_dict(d)
+    except (KeyError, TypeError, ValueError) as e: raise KeyError(f"config file {p}: {e.args[0] if e.args else e}") from None
+
+def write_config_file(cfg:SCRFDConfig, path) -> Path:
+    "Write `config_to_dict(cfg)` as JSON (a file `get_config` reads back)."
+    p = Path(path); p.write_text(json.dumps(config_to_dict(cfg), indent=1) + '\n')
+    return p
 
 # %% ../nbs/01_config.ipynb #cd7a1a3a
 def _diff(a, b, prefix='') -> dict:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import UsageError, run_cli
-from .config import PRESETS, TrainCfg, DataCfg, SCRFDConfig, get_config, config_key, config_to_dict, field_docs
+from .config import PRESETS, TrainCfg, DataCfg, SCRFDConfig, get_config, config_key, config_to_dict, field_docs, is_config_file
 from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed_everything, set_deterministic,
                       rng_state, set_rng_state, make_sgd, AMP_CHOICES)
 from .model import build_model, load_model
@@ -93,7 +93,7 @@ def make_schedule(tcfg:TrainCfg, world_size:int, batch_size:int, iters_per_epoch
 @dataclass
 class RunConfig:
     "Options of one training run; the recipe is the variant's `SCRFDConfig` with `overrides` applied."
-    config:str='scrfd_500m_bnkps'   # model variant, a key of scrfd_nb.config.PRESETS
+    config:str='scrfd_500m_bnkps'   # model variant: a key of scrfd_nb.config.PRESETS, or a config JSON file (config_to_dict's form, e.g. a search's best.json)
     recipe:str|None=None            # reference (the paper's schedule), demo (learns in minutes on a CPU) or finetune (short, low lr, from --init-from weights); None: demo on the built-in synthetic data, reference with --data-path
     overrides:dict=field(default_factory=dict)  # the variant's config keys this run changes, e.g. {'train.epochs': 100}
     data_path:str|None=None         # dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, wider_face_split or ground_truth); None: a synthetic dataset generated into the work dir
@@ -150,19 +150,18 @@ def recipe_overrides(recipe:str, base:SCRFDConfig) -> dict:
 
 def resolve_defaults(cfg:RunConfig) -> RunConfig:
     "The work dir and the recipe; the run's own overrides (under their dotted keys) over the recipe's."
-    if cfg.config not in PRESETS:
-        raise UsageError(f"--config {cfg.config!r}: unknown variant; known: {', '.join(PRESETS)}")
-    base = PRESETS[cfg.config]
+    try: base = get_config(cfg.config)
+    except KeyError as e: raise UsageError(f"--config {cfg.config}: {e.args[0]}") from None
     try: ov = {config_key(base, k): v for k, v in cfg.overrides.items()}
     except KeyError as e: raise UsageError(f"--set: {e.args[0]}") from None
     recipe = cfg.recipe if cfg.recipe is not None else ('demo' if cfg.data_path is None else 'reference')
     ov = (SYNTHETIC_DATA if cfg.data_path is None else {}) | recipe_overrides(recipe, base) | ov
-    work = cfg.work_dir if cfg.work_dir is not None else str(Path('work_dirs') / cfg.config)
+    work = cfg.work_dir if cfg.work_dir is not None else str(Path('work_dirs') / (Path(cfg.config).stem if is_config_file(cfg.config) else cfg.config))
     return replace(cfg, recipe=recipe, work_dir=work, overrides=ov)
 
 def recipe_note(cfg:RunConfig, mcfg:SCRFDConfig) -> str:
     "The line a run prints about its recipe (after `resolve_defaults`)."
-    t, ref = mcfg.train, PRESETS[mcfg.name].train
+    t, ref = mcfg.train, get_config(cfg.config).train
     where = f"the built-in synthetic data ({cfg.synth} scenes)" if cfg.data_path is None else cfg.data_path
     why = {'reference': "the paper's schedule", 'demo': 'a recipe that learns in minutes on a CPU',
            'finetune': f'adapting the --init-from weights ({cfg.init_from})'}[cfg.recipe]
@@ -509,6 +508,7 @@ class Run:
     last:dict=field(default_factory=dict)   # loss terms of the last log line
     seen:int=0                 # iterations taken by this process since it started
     nonfinite:int=0            # non-finite steps in a row
+    on_eval:object=None        # on_eval(epoch, ap_summary) after each evaluation: how a search reports (and stops) a run
     @property
     def bs(self) -> int: return self.mcfg.train.batch_size
 
@@ -545,7 +545,7 @@ def setup_run(cfg:RunConfig, rt:Runtime, log:Logger) -> Run:
     on_dev = augment_on_device(cfg, rt)
     train_ds, collate_fn = ([], None) if cfg.eval_only else train_set(root, mcfg, on_dev, cfg.seed)
     ipe = max(1, batches_per_epoch(len(train_ds), bs, rt.world_size))
-    mcfg = replace(mcfg, train=fit_to_run(mcfg.train, PRESETS[mcfg.name].train, ipe))
+    mcfg = replace(mcfg, train=fit_to_run(mcfg.train, get_config(cfg.config).train, ipe))
     sched = make_schedule(mcfg.train, rt.world_size, bs, ipe, log=log)
     log(f"data: {len(train_ds)} training images, {ipe} iterations/epoch; schedule: {sched.epochs} epochs = "
         f"{sched.total_iters} iterations, lr {sched.base_lr:g}, warmup {sched.warmup_iters} it from "
@@ -614,6 +614,7 @@ def evaluate_run(run:Run, epoch:int, pred_dir=None) -> dict|None:
             sd = run.raw.state_dict(); check_finite(sd, str(run.work/'best.pth'))
             save_atomic(dict(model=sd, config=config_to_dict(run.mcfg), epoch=epoch, iter=run.it, ap=run.last_ap,
                              run=asdict(run.cfg)), run.work/'best.pth')
+    if run.on_eval is not None: run.on_eval(epoch, run.last_ap)
     return ap
 
 def effective_config(run:Run) -> dict:
@@ -716,13 +717,16 @@ def fit(run:Run) -> dict:
     return res
 
 # %% ../nbs/17_train.ipynb #06597cc8
-def train(cfg:RunConfig) -> dict:
+def train(cfg:RunConfig,
+          on_eval=None, # on_eval(epoch, ap_summary) after each evaluation; an exception it raises ends the run (a search's pruning)
+         ) -> dict:
     "Train (or evaluate, or time) one SCRFD variant as `cfg` says; returns the final metrics."
     cfg = validate(resolve_defaults(cfg))
     rt = setup_runtime(cfg.device, cfg.amp)
     log = Logger(cfg.work_dir, rt.is_main, cfg.tensorboard)
     try:
         run = setup_run(cfg, rt, log)
+        run.on_eval = on_eval
         if cfg.resume is not None: resume_run(run)
         if rt.is_main: (run.work/'config.json').write_text(json.dumps(effective_config(run), indent=1, default=str))
         if rt.rank == int(os.environ.get('SCRFD_FAIL_RANK', -1)):   # fault injection for the launcher's test
