@@ -10,11 +10,24 @@ MODELS = ['det_500m', 'det_2.5g', 'scrfd_500m', 'scrfd_2.5g']
 IMAGES = ['solvay_conference_1927.jpg', 'astronaut.png', '0_Parade_marchingband_1_20.jpg', '19_Couple_Couple_19_743.jpg']
 
 
-def check_golden(boxes, scores, kps, ref, tol=0.5):
-    "Same count, boxes and keypoints within `tol` px, scores within 1e-3 of golden_detections.json."
+# Tolerances from the reference folder (measured: boxes/keypoints 6e-4 px, scores 7.5e-6):
+NET_ATOL = 1e-4    # golden README (a): whole-network float outputs agree to atol 1e-4 between machines; the ONNX
+                   # scores are outputs, and a bbox/kps distance (stride units) moves by at most 1e-4 x stride px
+DECODE_PX = 1e-3   # data/PROVENANCE.md: the golden decode reproduces insightface 2.1's own to < 1e-3 px
+JSON_PX = 5e-4     # dets_to_json rounds coordinates to 3 decimals (the CLI's --json)
+
+
+def golden_tol(image_hw, json_rounding=False):
+    "Box/keypoint tolerance in the photo's pixels: DECODE_PX + NET_ATOL x the largest stride (32) / det_scale (640/long side)."
+    return DECODE_PX + NET_ATOL * 32 / (640 / max(image_hw[:2])) + (JSON_PX if json_rounding else 0.0)
+
+
+def check_golden(boxes, scores, kps, ref, image_hw, json_rounding=False):
+    "Same count, boxes and keypoints within `golden_tol`, scores within NET_ATOL of golden_detections.json."
+    tol = golden_tol(image_hw, json_rounding)
     assert len(boxes) == ref['num']
     np.testing.assert_allclose(boxes, np.array(ref['boxes_xyxy'], dtype=np.float64).reshape(-1, 4), rtol=0, atol=tol)
-    np.testing.assert_allclose(scores, np.array(ref['scores']), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(scores, np.array(ref['scores']), rtol=0, atol=NET_ATOL)
     if ref['kps'] is None: assert kps is None
     else: np.testing.assert_allclose(kps, np.array(ref['kps']).reshape(-1, 5, 2), rtol=0, atol=tol)
 
@@ -28,8 +41,8 @@ def test_official_weights_match_golden_detections(shared, name):
     gold = json.loads((shared/'data'/'images'/'golden_detections.json').read_text())['results']
     model = load_model(shared/'data'/'models'/f'{name}.onnx')
     images = [cv2.imread(str(shared/'data'/'images'/f)) for f in IMAGES]
-    for f, (boxes, scores, kps) in zip(IMAGES, detect_batch(model, images)):
-        check_golden(boxes, scores, kps, gold[f][name])
+    for f, im, (boxes, scores, kps) in zip(IMAGES, images, detect_batch(model, images)):
+        check_golden(boxes, scores, kps, gold[f][name], im.shape)
 
 
 def run_cli(*args, cwd=None):
@@ -48,7 +61,7 @@ def test_cli_single_image(shared, tmp_path):
     ref = json.loads((shared/'data'/'images'/'golden_detections.json').read_text())['results']['astronaut.png']['det_500m']
     assert isinstance(dets, list) and set(dets[0]) == {'box', 'score', 'kps'}
     check_golden(np.array([d['box'] for d in dets]), np.array([d['score'] for d in dets]),
-                 np.array([d['kps'] for d in dets]), ref)
+                 np.array([d['kps'] for d in dets]), ref, cv2.imread(str(img)).shape, json_rounding=True)
     drawn, orig = cv2.imread(str(tmp_path/'drawn.jpg')), cv2.imread(str(img))
     assert drawn.shape == orig.shape
 

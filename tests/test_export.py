@@ -57,8 +57,8 @@ def test_round_trip(name, tmp_path):
         r1, r4 = ExportWrapper(fm)(x1), ExportWrapper(fm)(x4)           # the exported weights in PyTorch
         u1 = ExportWrapper(m)(x1)                                        # before folding: equal up to rounding
     assert float(r1[0].std()) > 1e-2                                     # scores are not trivial
-    for a, b in zip(r1, u1):
-        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    for a, b in zip(r1, u1):    # folding reorders float operations as another CPU's kernels would: the golden README (a)'s
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)   # whole-network tolerance between machines (measured 7e-6)
     # dynamic: one file, batch 1 and batch 4 at two input sizes
     dyn = export_onnx(fm, tmp_path/'dyn.onnx', shape=(64, 64), fuse=False)
     s = onnx_session(dyn)

@@ -36,13 +36,19 @@ def test_atss_all_golden_cases(shared):
             np.testing.assert_array_equal(lab.numpy(), g[f'case{i}_assigned_labels'], err_msg=f'case {i}')
 
 
-# Gradient-norm tolerance. rtol 1e-3 everywhere, except the first layers of the 10g ResNet (stem, layer1): there the
-# float32 computation itself is noisy at that level - our own fp32 gradient norms differ from our fp64 ones by up to
-# 1.1e-3 (backbone.stem.0.weight), and the reference's fp32 values differ from our fp64 ones by up to 9.7e-4 -
-# because train-mode BatchNorm backward over 320x320 maps sums many cancelling terms. No fp32 implementation can be
-# held to 1e-3 there, so those parameters get 3e-3 (measured: 1.36e-3).
-def _grad_rtol(cfg, name):
-    return 3e-3 if cfg == 'scrfd_10g_bnkps' and name.startswith(('backbone.stem', 'backbone.layer1')) else 1e-3
+# Tolerances (golden README; measured here over 1-4 threads in brackets):
+# - per-level losses and weight sums: rtol 1e-5, the README's loss-scalar tolerance (3e-7; 8.7e-6 on the 0.0024 s32
+#   cls loss with 1 thread, inside atol 1e-7 = float32 resolution of an O(1) loss);
+# - global gradient norm: rtol 1e-4, the README (h) check; the reference's own 1- vs 2-thread runs differ by 5e-5 (1e-5);
+# - per-parameter gradient norms: rtol 1e-4 + 1e-6 x the global norm (tensors carrying a millionth of the gradient are
+#   held to that) (2e-5 beyond the first layers), except the stem and layer1, where README (h) measured the reference
+#   disagreeing with itself by up to 4e-3 (stem BN weight) between 1 and 2 threads: rtol 5e-3 there (8.4e-5 here; an
+#   earlier machine showed 1.4e-3 on the 10g stem, and float32 vs float64 differs by 1e-3 (10g) to 3e-2 (500m) there).
+LOSS_RTOL, LOSS_ATOL, GLOBAL_GRAD_RTOL, GRAD_RTOL, GRAD_ATOL_OF_GLOBAL, EARLY_GRAD_RTOL = 1e-5, 1e-7, 1e-4, 1e-4, 1e-6, 5e-3
+
+
+def _grad_rtol(name):
+    return EARLY_GRAD_RTOL if name.startswith(('backbone.stem', 'backbone.layer1')) else GRAD_RTOL
 
 
 @pytest.mark.parametrize('run,cfg', [('scrfd_10g_bnkps', 'scrfd_10g_bnkps'), ('scrfd_500m_bnkps', 'scrfd_500m_bnkps'),
@@ -60,10 +66,10 @@ def test_golden_losses_targets_gradients(shared, run, cfg):
     # per-level losses
     for k in ('cls', 'bbox', 'kps'):
         ref = z[f'loss_{k}_per_level']
-        np.testing.assert_allclose(res[f'loss_{k}_per_level'].detach().numpy(), ref, rtol=1e-4, atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(res[f'loss_{k}_per_level'].detach().numpy(), ref, rtol=LOSS_RTOL, atol=LOSS_ATOL, err_msg=k)
     assert float(res['avg_factor_cls']) == float(z['num_total_samples'])
     np.testing.assert_allclose(res['weight_sum_per_level'].numpy(),
-                               [float(z[f'targets_s{s}_weight_targets_sum']) for s in (8, 16, 32)], rtol=1e-4, atol=1e-7)
+                               [float(z[f'targets_s{s}_weight_targets_sum']) for s in (8, 16, 32)], rtol=LOSS_RTOL, atol=LOSS_ATOL)
     # targets
     gb, gk, gm = pad_targets(gbl, gkl)
     t = build_targets(grid_anchors(feat_sizes_for(640, 640)), gb, gk, gm)
@@ -84,10 +90,12 @@ def test_golden_losses_targets_gradients(shared, run, cfg):
     sum(res[k] for k in LOSS_KEYS).backward()
     params = dict(model.named_parameters())
     assert set(params) == set(z['grad_norm_names'])
+    got = {n: p.grad.double().norm().item() if p.grad is not None else 0.0 for n, p in params.items()}
+    ref_global = float(np.sqrt((z['grad_norm_values'] ** 2).sum()))
+    np.testing.assert_allclose(float(np.sqrt(sum(v ** 2 for v in got.values()))), ref_global, rtol=GLOBAL_GRAD_RTOL)
     bad = []
     for name, ref in zip(z['grad_norm_names'], z['grad_norm_values']):
-        got = params[name].grad.double().norm().item() if params[name].grad is not None else 0.0
-        if not np.isclose(got, ref, rtol=_grad_rtol(cfg, name), atol=1e-9): bad.append((name, got, ref))
+        if not np.isclose(got[name], ref, rtol=_grad_rtol(name), atol=GRAD_ATOL_OF_GLOBAL * ref_global): bad.append((name, got[name], ref))
     assert not bad, f'{len(bad)} gradient norms differ: {bad[:5]}'
     # element-wise gradients of the head (stored for parameters with <= 20000 elements): nearest to the loss, so
     # they check the loss gradient itself rather than float32 noise accumulated through the backbone

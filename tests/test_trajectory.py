@@ -90,9 +90,16 @@ def check_forward(g, tag, b, ref_prefix, idx=None):
     total = sum(losses[k] for k in LOSS_KEYS)
     ref_total = g[f'{ref_prefix}_loss_total']
     np.testing.assert_allclose(float(total.detach()), float(ref_total[idx] if idx is not None else ref_total), rtol=1e-5)
-    total.backward()   # teacher-forced grad norm: the README measured abs 7e-4 between two reference runs
+    total.backward()
     ref_gn = g[f'{ref_prefix}_grad_global_norm']
-    np.testing.assert_allclose(grad_norm(model), float(ref_gn[idx] if idx is not None else ref_gn), rtol=1e-3)
+    np.testing.assert_allclose(grad_norm(model), float(ref_gn[idx] if idx is not None else ref_gn), rtol=GRAD_NORM_RTOL.get(tag, 1e-4))
+
+
+# Teacher-forced global gradient norm: rtol 1e-4, 3x the README's replay noise (abs 7e-4 between two reference runs,
+# 3e-5 of these norms of 20-40; ours 1 vs 2 threads: 1.8e-5 from sd_it01, 2e-6 from sd_it20, 1e-7 from sd_it30). From
+# sd_it10, the chaotic state of the 10 -> 11 replay below, the same computation moves by 6.4e-4 between 1 and 2 threads
+# (ours; the golden equals our 2-thread value to 7e-6): rtol 2e-3 there, 3x that.
+GRAD_NORM_RTOL = {'sd_it10': 2e-3}
 
 
 def test_lr_of_every_iteration_exact(g):
@@ -149,14 +156,16 @@ def test_optimizer_is_the_references(g):
     assert len(pg['params']) == len(g['param_names'])
 
 
-# One-step replays from the stored state and momentum. Tolerances, measured (1 thread):
-# - 20 -> 21: state max |d| 1.2e-7, momentum max |d| 1.3e-5 - held to 1e-6 / 1e-4, tighter than the README's 1e-5 / 1e-3
-#   (tight enough to see a weight decay of 5e-4 missing on the BN weights, ~1, in the momentum);
+# One-step replays from the stored state and momentum. Tolerances:
+# - 20 -> 21: the README's suggested state atol 1e-5 / momentum atol 1e-3, 4x the reference's own replay noise (state
+#   2.5e-6, momentum buffers 2.5e-4 between 1 and 2 threads; measured here 1.2e-7 / 1.3e-5, and another seed of this
+#   golden 2.3e-4 on the momentum, which the earlier 1e-4 failed). A missing weight decay (5e-4 x the BN weights, ~1)
+#   would sit inside that floor: test_optimizer_is_the_references checks weight_decay on every parameter instead;
 # - 10 -> 11: this state sits where the gradient is chaotic: our own gradient moves by 1.0 % on backbone.stem.1.0
 #   between 1 and 2 threads (median tensor 4e-5), and differs from the reference's by the same 1.0 %. The state
 #   after the step is off by up to 2.9e-4 (stem BN bias) and the momentum by up to 0.029, so each tensor is held to
 #   the README's absolute tolerance or to 2 % of its own update (measured worst 0.83 %, stem BN bias).
-REPLAY_TOL = {10: dict(state=1e-5, momentum=1e-3, rel=2e-2), 20: dict(state=1e-6, momentum=1e-4, rel=0.0)}
+REPLAY_TOL = {10: dict(state=1e-5, momentum=1e-3, rel=2e-2), 20: dict(state=1e-5, momentum=1e-3, rel=0.0)}
 
 
 def _close(a, ref, atol, rel_to, rel):
