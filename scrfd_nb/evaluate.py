@@ -11,9 +11,11 @@ import numpy as np
 from .core import UsageError, run_cli, in_range, check_output, one_line
 
 # %% auto #0
-__all__ = ['SETTINGS', 'WiderGT', 'load_gt_mat', 'load_gt_labelv2', 'load_gt', 'write_pred_dir', 'read_pred_dir', 'wider_iou',
-           'image_eval', 'pr_thresholds', 'image_pr_info', 'voc_ap', 'norm_scores', 'flatten_preds', 'evaluate_flat',
-           'evaluate_widerface', 'golden_preds', 'plot_pr', 'greedy_match', 'landmark_nme', 'evaluate_landmarks',
+__all__ = ['SETTINGS', 'CLOSEUP', 'WiderGT', 'load_gt_mat', 'load_gt_labelv2', 'load_gt', 'write_pred_dir', 'read_pred_dir',
+           'wider_iou', 'image_eval', 'pr_thresholds', 'image_pr_info', 'voc_ap', 'norm_scores', 'flatten_preds',
+           'evaluate_flat', 'evaluate_widerface', 'golden_preds', 'plot_pr', 'curve_settings', 'grid_index',
+           'sorted_flat', 'curves_from', 'threshold_curves', 'curves_summary', 'format_curves', 'plot_curves',
+           'size_buckets', 'evaluate_by_size', 'format_by_size', 'greedy_match', 'landmark_nme', 'evaluate_landmarks',
            'main']
 
 # %% ../nbs/15_evaluate.ipynb #778b1918
@@ -29,6 +31,7 @@ class WiderGT:
     keep: np.ndarray       # (G, 3) bool: face counted in easy / medium / hard
     num_faces: np.ndarray  # (n_img, 3) int64: faces counted per image and setting
     kps: np.ndarray|None = None  # (G, 5, 3) float64 [x, y, annotated 0/1] five keypoints (labelv2 19-value lines), or None
+    img_wh: np.ndarray|None = None  # (n_img, 2) int64 image width, height (labelv2 headers), or None (.mat files have none)
     def __len__(self): return len(self.names)
     def __repr__(self):
         return (f"WiderGT({len(self)} images, {len(self.boxes)} faces, counted easy/medium/hard "
@@ -85,7 +88,7 @@ def load_gt_labelv2(path) -> WiderGT:
     "Ground truth from a labelv2 file: every face counts in all three settings (5-value lines flagged 1 are ignore boxes); keypoints of 19-value lines."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such labelv2 file")
-    events, names, boxes, keeps, kps, any_kps = [], [], [], [], [], False
+    events, names, boxes, keeps, kps, any_kps, wh = [], [], [], [], [], False, []
     for ln, line in enumerate(_text(path).splitlines(), 1):
         s = line.strip()
         if not s: continue
@@ -94,6 +97,7 @@ def load_gt_labelv2(path) -> WiderGT:
             if not parts: raise ValueError(f"{path}:{ln}: image line without a path")
             ev, nm = _split_image_path(parts[0])
             events.append(ev); names.append(nm); boxes.append([]); keeps.append([])
+            wh.append([int(p) if p.isdigit() else -1 for p in (parts[1:3] + ['', ''])[:2]])   # -1: no size in the header
             continue
         if not names: raise ValueError(f"{path}:{ln}: face line before the first '# <image path>' line")
         try: v = [float(x) for x in s.split()]
@@ -112,7 +116,8 @@ def load_gt_labelv2(path) -> WiderGT:
     return WiderGT(events, names, np.array([b for bs in boxes for b in bs], dtype=np.float64).reshape(-1, 4),
                    np.concatenate(([0], np.cumsum([len(b) for b in boxes]))).astype(np.int64),
                    np.repeat(keep[:, None], 3, 1), np.repeat(cnt[:, None], 3, 1),
-                   np.array(kps, np.float64).reshape(-1, 5, 3) if any_kps else None)
+                   np.array(kps, np.float64).reshape(-1, 5, 3) if any_kps else None,
+                   None if not wh or (np.array(wh) <= 0).any() else np.array(wh, np.int64))
 
 def load_gt(gt) -> WiderGT:
     "A `WiderGT` from a `.mat` folder, a labelv2 file, or an already loaded `WiderGT`."
@@ -271,7 +276,9 @@ def norm_scores(preds:dict) -> dict:
     return out
 
 # %% ../nbs/15_evaluate.ipynb #9dd722ba
-def flatten_preds(preds:dict, gt:WiderGT, missing:str='error') -> tuple:
+def flatten_preds(preds:dict, gt:WiderGT, missing:str='error',
+                  normalize:bool=True, # the reference's global min-max score normalisation; False: the detector's own scores
+                 ) -> tuple:
     "Normalise scores and line predictions up with `gt`'s images: (rows (N, 5), offsets (n_img+1,) int64)."
     if missing not in ('error', 'empty'): raise ValueError(f"missing must be 'error' or 'empty', not {missing!r}")
     for ev, imgs in preds.items():            # one nan score would silently turn every normalised score into nan
@@ -280,7 +287,7 @@ def flatten_preds(preds:dict, gt:WiderGT, missing:str='error') -> tuple:
             if v.dtype.kind in 'fc' and not np.isfinite(v).all():
                 raise ValueError(f"predictions of {ev}/{nm}: non-finite value (nan or inf) in row "
                                  f"{int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(1))[0])}")
-    preds = norm_scores(preds)
+    if normalize: preds = norm_scores(preds)
     rows, miss = [], []
     for ev, nm in zip(gt.events, gt.names):
         v = preds.get(ev, {}).get(nm)
@@ -358,6 +365,7 @@ def evaluate_flat(P:np.ndarray,     # (N, 5) normalised [x, y, w, h, score], ima
                   gt:WiderGT,
                   iou_thresh:float=0.5,
                   thresh_num:int=1000,
+                  pred_ignore:np.ndarray|None=None, # (N,) bool: rows that are proposals only when matched to a counted face
                  ) -> dict:
     "The WIDER protocol on flattened predictions: APs and the (recall, precision) arrays of the three settings."
     img, evald, match = _match_all(P, poff, gt, iou_thresh)
@@ -367,6 +375,7 @@ def evaluate_flat(P:np.ndarray,     # (N, 5) normalised [x, y, w, h, score], ima
     for si, name in enumerate(SETTINGS):
         counted = np.zeros(len(P), bool); counted[m] = gt.keep[match[m], si]
         proposal = ~(m & ~counted)
+        if pred_ignore is not None: proposal &= ~(pred_ignore & ~m)   # COCO's area-range rule (`evaluate_by_size`)
         rows = np.flatnonzero(counted)
         first = np.zeros(len(P), np.int64)
         if len(rows): first[rows[np.unique(match[rows], return_index=True)[1]]] = 1
@@ -421,6 +430,150 @@ def plot_pr(res:dict,          # result of `evaluate_widerface`
     fig = ax.figure
     if path is not None: fig.savefig(path, dpi=120, bbox_inches='tight')
     return fig
+
+# %% ../nbs/15_evaluate.ipynb #2e088569
+def curve_settings(gt:WiderGT) -> list:
+    "`[(name, column)]` of the settings to report: easy/medium/hard, or `[('all', 2)]` when the three keep masks agree (labelv2 ground truth)."
+    same = (gt.keep == gt.keep[:, :1]).all() and (gt.num_faces == gt.num_faces[:, :1]).all()
+    return [('all', 2)] if same else [(s, i) for i, s in enumerate(SETTINGS)]
+
+def grid_index(thr:float, thresh_num:int=1000) -> int:
+    "Index t of the protocol's threshold `1 − (t+1)/thresh_num` equal to `thr` (a multiple of 1/thresh_num in [0, 1))."
+    t = int(round((1 - thr) * thresh_num)) - 1
+    if not (0 <= t < thresh_num and math.isclose(1 - (t + 1) / thresh_num, thr, abs_tol=1e-9)):
+        raise ValueError(f"threshold {thr}: expected a multiple of 1/{thresh_num} in [0, 1)")
+    return t
+
+def sorted_flat(preds:dict, gt:WiderGT, missing:str='error') -> tuple:
+    "`flatten_preds` with the detector's own scores, each image's rows sorted by descending score (stable): the order the protocol assumes."
+    P, poff = flatten_preds(preds, gt, missing, normalize=False)
+    img = np.repeat(np.arange(len(gt)), np.diff(poff))
+    return P[np.lexsort((-P[:, 4].astype(np.float64), img))], poff
+
+def _f1(p, r):
+    with np.errstate(divide='ignore', invalid='ignore'): f = 2 * p * r / (p + r)
+    return np.where(np.isnan(f), 0.0, f)
+
+def curves_from(res:dict, gt:WiderGT, at=(0.3, 0.5)) -> dict:
+    "Per reported setting: threshold, precision, recall, F1 arrays, the best F1 and its threshold, and the values `at` given thresholds."
+    out = {}
+    for name, col in curve_settings(gt):
+        s = SETTINGS[col]
+        rec, prec = res['recall'][s], res['precision'][s]
+        n = len(rec)
+        thr = np.round(1 - (np.arange(n) + 1) / n, 9)
+        f1 = _f1(prec, rec)
+        b = int(np.argmax(f1))                       # first maximum = highest threshold reaching the best F1
+        pick = lambda t: dict(threshold=float(thr[t]), recall=float(rec[t]), precision=float(prec[t]), f1=float(f1[t]))
+        out[name] = dict(threshold=thr, precision=prec, recall=rec, f1=f1, faces=res['num_faces'][s],
+                         best_f1=float(f1[b]), best_f1_threshold=float(thr[b]), best=pick(b),
+                         at={float(a): pick(grid_index(a, n)) for a in at})
+    return out
+
+def threshold_curves(preds,           # preds[event][name] = (n, 5) [x, y, w, h, score], or a folder of result files
+                     gt,              # WiderGT, a .mat ground-truth folder or a labelv2 file
+                     iou_thresh:float=0.5, missing:str='error',
+                     at=(0.3, 0.5),   # thresholds to report (multiples of 0.001)
+                    ) -> dict:        # {setting: {threshold, precision, recall, f1 (1000,), best_f1, best_f1_threshold, best, at}}
+    "Precision, recall and F1 against the detector's own score threshold, per WIDER setting, and the threshold of the best F1."
+    gt = load_gt(gt)
+    if not isinstance(preds, dict): preds = read_pred_dir(preds)
+    for a in at: grid_index(a)
+    P, poff = sorted_flat(preds, gt, missing)
+    return curves_from(evaluate_flat(P, poff, gt, iou_thresh), gt, at)
+
+def _nan_none(d:dict) -> dict: return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+
+def curves_summary(curves:dict) -> dict:
+    "The JSON-able numbers of `threshold_curves` (no arrays, nan as None): per setting `best_f1`, `best_f1_threshold`, `best`, `at`."
+    return {s: dict(faces=int(c['faces']), best_f1=c['best_f1'], best_f1_threshold=c['best_f1_threshold'], best=_nan_none(c['best']),
+                    at={f'{a:g}': _nan_none(v) for a, v in c['at'].items()}) for s, c in curves.items()}
+
+def format_curves(curves:dict) -> str:
+    "One line per setting: the best F1 with its threshold and recall/precision there, and at the reported thresholds."
+    out = []
+    for s, c in curves.items():
+        b = c['best']
+        line = (f"{s.capitalize():6s} best F1 {c['best_f1']:.3f} at score >= {c['best_f1_threshold']:.3f} "
+                f"(recall {b['recall']:.3f}, precision {b['precision']:.3f})")
+        for a, v in c['at'].items():
+            line += f"; at {a:g}: recall {v['recall']:.3f}, precision {v['precision']:.3f}"
+        out.append(line)
+    return '\n'.join(out)
+
+# %% ../nbs/15_evaluate.ipynb #0eef9468
+def plot_curves(curves:dict,     # result of `threshold_curves`
+                title:str='Precision, recall and F1 against the score threshold',
+                path=None,       # save the figure there when given
+               ):
+    "One panel per setting: precision, recall and F1 against the score threshold, the best-F1 threshold marked; returns the figure."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, len(curves), figsize=(4.2 * len(curves) + 0.6, 3.8), squeeze=False)
+    for ax, (s, c) in zip(axs[0], curves.items()):
+        ok = ~np.isnan(c['precision'])
+        ax.plot(c['threshold'][ok], c['precision'][ok], color='tab:blue', label='precision')
+        ax.plot(c['threshold'], c['recall'], color='tab:orange', label='recall')
+        ax.plot(c['threshold'], c['f1'], color='tab:green', lw=2, label='F1')
+        ax.axvline(c['best_f1_threshold'], color='tab:green', ls='--', lw=1)
+        ax.annotate(f"best F1 {c['best_f1']:.3f}\nat {c['best_f1_threshold']:.3f}", (c['best_f1_threshold'], c['best_f1']),
+                    xytext=(6, -28), textcoords='offset points', fontsize=8, color='tab:green')
+        ax.set_xlim(0, 1); ax.set_ylim(0, 1.02); ax.set_xlabel('score threshold'); ax.grid(True, ls='--', alpha=.5)
+        ax.set_title(f"{s} ({int(c['faces'])} faces)")
+    axs[0][0].legend(loc='lower left', fontsize=8)
+    fig.suptitle(title); fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110, bbox_inches='tight')
+    return fig
+
+# %% ../nbs/15_evaluate.ipynb #b73a4c04
+CLOSEUP = 0.4   # a face whose box covers more than this fraction of its image is a close-up
+
+def size_buckets(xywh:np.ndarray,         # (n, >=4) [x, y, w, h, ...]
+                 img_wh:np.ndarray|None=None, # (n_img, 2) image sizes, or None (then no close-up bucket)
+                 img_of:np.ndarray|None=None, # (n,) image index of each row
+                ) -> dict:                   # {bucket name: (n,) bool}
+    "Size buckets of boxes: `sqrt(w h)` in `data.SIZE_BINS` ranges, and `closeup` (area > CLOSEUP x image area) when sizes are known."
+    from scrfd_nb.data import SIZE_BINS, _size_label
+    b = np.asarray(xywh, np.float64)
+    w, h = b[:, 2].clip(min=0), b[:, 3].clip(min=0)
+    k = np.searchsorted(SIZE_BINS, np.sqrt(w * h), 'right') - 1
+    out = {_size_label(i): k == i for i in range(len(SIZE_BINS))}
+    if img_wh is not None: out['closeup'] = w * h > CLOSEUP * np.asarray(img_wh, np.float64)[img_of].prod(1)
+    return out
+
+def evaluate_by_size(preds,            # preds[event][name] = (n, 5) [x, y, w, h, score], or a folder of result files
+                     gt,               # WiderGT, a .mat folder or a labelv2 file
+                     score_thr:float=0.5, # recall and precision at `score >= score_thr` (a multiple of 0.001)
+                     iou_thresh:float=0.5, missing:str='error',
+                     setting:str='hard', # whose faces count (hard: all faces the protocol counts)
+                    ) -> dict:         # {bucket: {faces, ap, recall, precision}}
+    "AP and recall / precision at `score_thr` per face-size bucket (and close-ups), with the protocol's matching."
+    gt = load_gt(gt)
+    if not isinstance(preds, dict): preds = read_pred_dir(preds)
+    t, si = grid_index(score_thr), SETTINGS.index(setting)
+    P, poff = sorted_flat(preds, gt, missing)
+    gimg = np.repeat(np.arange(len(gt)), np.diff(gt.offsets))
+    pimg = np.repeat(np.arange(len(gt)), np.diff(poff))
+    gb, pb = size_buckets(gt.boxes, gt.img_wh, gimg), size_buckets(P, gt.img_wh, pimg)
+    out = {}
+    for name, inb in gb.items():
+        keep = gt.keep[:, si] & inb
+        n = int(keep.sum())
+        if n == 0: out[name] = dict(faces=0, ap=float('nan'), recall=float('nan'), precision=float('nan')); continue
+        cnt = np.bincount(gimg, weights=keep, minlength=len(gt)).astype(np.int64)
+        g2 = WiderGT(gt.events, gt.names, gt.boxes, gt.offsets, np.repeat(keep[:, None], 3, 1), np.repeat(cnt[:, None], 3, 1))
+        r = evaluate_flat(P, poff, g2, iou_thresh, pred_ignore=~pb[name])
+        out[name] = dict(faces=n, ap=float(r['hard']), recall=float(r['recall']['hard'][t]),
+                         precision=float(r['precision']['hard'][t]))
+    return out
+
+def format_by_size(by_size:dict, score_thr:float=0.5) -> str:
+    "A table: bucket, faces, AP, recall and precision at the threshold."
+    rows = [f"{'size (sqrt(w h) px)':20s} {'faces':>6s} {'AP':>6s} {'recall':>7s} {'prec.':>6s}   (at score >= {score_thr:g})"]
+    for k, v in by_size.items():
+        name = 'closeup (>40% image)' if k == 'closeup' else k
+        rows.append(f"{name:20s} {v['faces']:6d} " + ' '.join(f"{v[m]:{w}.3f}" if v['faces'] else f"{'-':>{w}s}"
+                                                           for m, w in (('ap', 6), ('recall', 7), ('precision', 6))))
+    return '\n'.join(rows)
 
 # %% ../nbs/15_evaluate.ipynb #7a850160
 def greedy_match(pred:np.ndarray,  # (n, 5) [x, y, w, h, score]
@@ -485,6 +638,12 @@ def main(argv=None):
     ap.add_argument('--gt', required=True, help='folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat, or a labelv2 file')
     ap.add_argument('--json', help='write {"easy": ap, "medium": ap, "hard": ap} there')
     ap.add_argument('--plot', help='save the precision-recall figure there (.png, .pdf, ...)')
+    ap.add_argument('--curves', help='save precision, recall and F1 against the score threshold there (.png, ...); prints the '
+                    'best-F1 threshold and recall/precision at 0.3 and 0.5, and adds them to --json ("curves")')
+    ap.add_argument('--by-size', action='store_true', help='print AP and recall at --score-thr per face-size bucket (and close-ups), '
+                    'add them to --json ("by_size")')
+    ap.add_argument('--score-thr', type=in_range(0, 1, hi_open=True), default=0.5,
+                    help='--by-size: the score threshold of the recall column (a multiple of 0.001; default 0.5)')
     ap.add_argument('--iou', type=in_range(0, 1, lo_open=True), default=0.5, help='IoU threshold in (0, 1] (default 0.5)')
     ap.add_argument('--allow-missing', action='store_true', help='images without a result file count as having no detections')
     ap.add_argument('--nme-thr', type=in_range(0, None, lo_open=True), default=0.1,
@@ -492,9 +651,14 @@ def main(argv=None):
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     inputs = [a.pred, a.gt, *(Path(a.pred).glob('*/*.txt') if Path(a.pred).is_dir() else [])]
-    for o, arg in [(a.json, '--json'), (a.plot, '--plot')]:       # before the work, never over an input
+    outs = [(a.json, '--json'), (a.plot, '--plot'), (a.curves, '--curves')]
+    for o, arg in outs:                                            # before the work, never over an input
         if o: check_output(o, inputs, arg)
-    if a.json and a.plot and Path(a.json).resolve() == Path(a.plot).resolve(): raise UsageError(f"--json and --plot are both {a.json}")
+    for i, (o, arg) in enumerate(outs):
+        for o2, arg2 in outs[i + 1:]:
+            if o and o2 and Path(o).resolve() == Path(o2).resolve(): raise UsageError(f"{arg} and {arg2} are both {o}")
+    try: grid_index(a.score_thr)
+    except ValueError as e: raise UsageError(f"--score-thr {a.score_thr}: {e}") from None
     try:
         preds, kps = read_pred_dir(a.pred, with_kps=True)
         gt = load_gt(a.gt)
@@ -512,11 +676,23 @@ def main(argv=None):
         res['landmarks'] = lm
     elif kps is not None: print('note: the predictions have keypoints but the ground truth has none: no landmark error', file=sys.stderr)
     print('=================================================')
+    if a.curves:
+        res['curves'] = threshold_curves(preds, gt, a.iou, missing='empty' if a.allow_missing else 'error')
+        print('Score thresholds (the detector\'s own scores):'); print(format_curves(res['curves']))
+        out['curves'] = curves_summary(res['curves'])
+    if a.by_size:
+        res['by_size'] = evaluate_by_size(preds, gt, a.score_thr, a.iou, 'empty' if a.allow_missing else 'error')
+        print(format_by_size(res['by_size'], a.score_thr))
+        out['by_size'] = {k: {m: (None if isinstance(x, float) and math.isnan(x) else x) for m, x in v.items()}
+                          for k, v in res['by_size'].items()}
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1) + '\n')
     if a.plot:
         import matplotlib; matplotlib.use('Agg')
         plot_pr(res, path=a.plot)
+    if a.curves:
+        import matplotlib; matplotlib.use('Agg')
+        plot_curves(res['curves'], path=a.curves)
     return res
 
 # %% ../nbs/15_evaluate.ipynb #32952407
