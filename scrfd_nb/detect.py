@@ -24,8 +24,8 @@ from .model import load_model
 # %% auto #0
 __all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs',
            'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat',
-           'detect_batch', 'detect', 'draw_detections', 'dets_to_json', 'crop_place', 'is_camera', 'open_video',
-           'frame_batches', 'Progress', 'detect_frames', 'run_video', 'main']
+           'detect_batch', 'detect', 'merge_detections', 'draw_detections', 'dets_to_json', 'crop_place', 'is_camera',
+           'open_video', 'frame_batches', 'Progress', 'detect_frames', 'run_video', 'main']
 
 # %% ../nbs/08_detect.ipynb #4e12777c
 @dataclass(frozen=True)
@@ -243,28 +243,48 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
                  input_size=640,        # network input: int or (W, H)
                  mode:str='insightface',# 'insightface' (spec §5.4) or 'mmdet' (§5.1)
                  max_num:int=0,         # >0: at most this many faces per image
+                 extra_sizes=(),        # more passes at these input sizes (e.g. (320,) for close-up faces), merged by NMS
                 ) -> list[tuple]:       # per image: boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None
-    "Faces in a list of images, one forward pass; boxes and keypoints in each original image's pixels."
+    "Faces in a list of images, one forward pass (one per input size); boxes and keypoints in each original image's pixels."
     if len(images) == 0: return []
     dev, dt = _model_device_dtype(model)
-    x, metas = preprocess(images, input_size, mode, dev)
-    was = getattr(model, 'training', False)
-    if was: model.eval()
-    try: outs = model(x.to(dt) if dt.is_floating_point else x)
-    finally:
-        if was: model.train()
-    outs = tuple(None if o is None else [t.float() for t in o] for o in outs)
-    dets = postprocess(outs, metas, mode, score_thr, nms_thr, rescale=True, max_num=max_num,
-                       strides=tuple(getattr(model, 'strides', STRIDES)), host=True)
-    return [_to_numpy(d) for d in dets]
+    def one_pass(size, num):
+        x, metas = preprocess(images, size, mode, dev)
+        was = getattr(model, 'training', False)
+        if was: model.eval()
+        try: outs = model(x.to(dt) if dt.is_floating_point else x)
+        finally:
+            if was: model.train()
+        outs = tuple(None if o is None else [t.float() for t in o] for o in outs)
+        return postprocess(outs, metas, mode, score_thr, nms_thr, rescale=True, max_num=num,
+                           strides=tuple(getattr(model, 'strides', STRIDES)), host=True)
+    if not extra_sizes: return [_to_numpy(d) for d in one_pass(input_size, max_num)]
+    images = [to_bgr(im) for im in images]                            # read once for all passes
+    passes = [one_pass(s, 0) for s in (input_size, *extra_sizes)]
+    return [_to_numpy(merge_detections([p[i] for p in passes], nms_thr, mode, max_num, images[i].shape[:2]))
+            for i in range(len(images))]
 
 def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list goes to `detect_batch`)
            score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface', max_num:int=0,
+           extra_sizes=(), # more passes at these input sizes, merged by NMS (`merge_detections`)
           ) -> tuple: # boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None; numpy, by descending score
     "Faces in one image, in its own pixels (insightface conventions by default)."
     if isinstance(image_bgr, (list, tuple)):
-        return detect_batch(model, image_bgr, score_thr, nms_thr, input_size, mode, max_num)
-    return detect_batch(model, [image_bgr], score_thr, nms_thr, input_size, mode, max_num)[0]
+        return detect_batch(model, image_bgr, score_thr, nms_thr, input_size, mode, max_num, extra_sizes)
+    return detect_batch(model, [image_bgr], score_thr, nms_thr, input_size, mode, max_num, extra_sizes)[0]
+
+def merge_detections(passes:list,  # one image's detections of several passes: dicts `boxes` (n, 4), `scores` (n,), `kps` (n, 5, 2) or None
+                     nms_thr:float|None=None, mode:str='insightface', # NMS of this convention (None: its threshold)
+                     max_num:int=0, orig_hw=None, # >0: insightface's ranking keeps this many (needs the image's (h, w))
+                    ) -> dict:     # merged `boxes`, `scores`, `kps` tensors, by descending score
+    "Detections of one image from several passes (e.g. input sizes, as multi-scale testing) merged by one more NMS."
+    cv = get_convention(mode)
+    nms_thr = cv.nms_thr if nms_thr is None else nms_thr
+    boxes, scores = torch.cat([torch.as_tensor(p['boxes']).reshape(-1, 4) for p in passes]), torch.cat([torch.as_tensor(p['scores']).reshape(-1) for p in passes])
+    kps = None if any(p.get('kps') is None for p in passes) else torch.cat([torch.as_tensor(p['kps']).reshape(-1, 5, 2) for p in passes])
+    keep = batched_nms(boxes, scores, torch.zeros(len(scores), dtype=torch.long), nms_thr, cv.plus_one, cv.suppress_equal)
+    if max_num > 0 and len(keep) > max_num: keep = keep[_rank_max_num(boxes[keep], orig_hw, max_num)]
+    return dict(boxes=boxes[keep], scores=scores[keep], kps=None if kps is None else kps[keep])
 
 # %% ../nbs/08_detect.ipynb #79fa76ba
 from .core import KPS_COLORS   # the one keypoint palette (l-eye, r-eye, nose, l-mouth, r-mouth)
@@ -413,10 +433,10 @@ class Progress:
 
 # %% ../nbs/08_detect.ipynb #c87d5ca5
 def detect_frames(model, batches, score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface',
-                  max_num:int=0):
+                  max_num:int=0, extra_sizes=()):
     "`(index, time_s, frame, (boxes, scores, kps))` per frame of `frame_batches`: one `detect_batch` pass per batch."
     for b in batches:
-        dets = detect_batch(model, [f for _, _, f in b], score_thr, nms_thr, input_size, mode, max_num)
+        dets = detect_batch(model, [f for _, _, f in b], score_thr, nms_thr, input_size, mode, max_num, extra_sizes)
         for (i, t, f), d in zip(b, dets): yield i, t, f, d
 
 def _video_writer(out, fps:float, frame:np.ndarray):
@@ -473,7 +493,7 @@ def _detect_images(a, model, src:Path, files:list, folder:bool, dests:dict, crop
         rel = f.relative_to(src).as_posix() if folder else f.name
         try:
             img = to_bgr(f)
-            boxes, scores, kps = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num)
+            boxes, scores, kps = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num, tuple(a.extra_size))
             if f in dests:
                 dests[f].parent.mkdir(parents=True, exist_ok=True)
                 if not cv2.imwrite(str(dests[f]), draw_detections(img, boxes, scores, kps)):
@@ -523,6 +543,8 @@ def main(argv=None):
     ap.add_argument('--input-size', type=in_range(32, None, int), default=640, help='network input size (square, >= 32, default 640)')
     ap.add_argument('--mode', choices=sorted(CONVENTIONS), default='insightface', help='decoder convention')
     ap.add_argument('--max-num', type=in_range(0, None, int), default=0, help='keep at most this many faces per image (0: all)')
+    ap.add_argument('--extra-size', type=in_range(32, None, int), action='append', default=[],
+                    help='also detect at this input size and merge by NMS (repeatable; e.g. 320 for close-up faces)')
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=8, help='--video: frames per forward pass (default 8)')
     ap.add_argument('--max-frames', type=in_range(0, None, int), default=0, help='--video: stop after this many frames (0: all)')
     ap.add_argument('--no-progress', action='store_true', help='--video: no progress bar')
@@ -532,7 +554,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     weights = Path(a.weights)
     if not weights.is_file(): raise UsageError(f'--weights: weights not found: {weights}')
-    kw = dict(score_thr=a.thr, nms_thr=a.nms, input_size=a.input_size, mode=a.mode, max_num=a.max_num)
+    kw = dict(score_thr=a.thr, nms_thr=a.nms, input_size=a.input_size, mode=a.mode, max_num=a.max_num, extra_sizes=tuple(a.extra_size))
     if a.video is not None:
         video = open_video(_check_video(a, weights))            # unreadable: one line, before the model is loaded
         try: model = _load(a, weights)

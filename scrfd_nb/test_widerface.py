@@ -12,15 +12,15 @@ import cv2
 import torch
 from .anchors import STRIDES, feat_sizes_for
 from .config import DetectCfg
-from .detect import mmdet_resize, make_batch, postprocess_flat
+from .detect import mmdet_resize, make_batch, postprocess_flat, merge_detections
 from .export import ExportWrapper, onnx_session, run_onnx
 from .data import ImageList
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line
 
 # %% auto #0
 __all__ = ['GT_FOLDERS', 'test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner',
-           'load_runner', 'to_xywh', 'decode_batch', 'predict_widerface', 'compare_preds', 'score_preds', 'run_test',
-           'main']
+           'load_runner', 'to_xywh', 'decode_batch', 'predict_widerface', 'merge_preds', 'compare_preds', 'score_preds',
+           'run_test', 'main']
 
 # %% ../nbs/19_test_widerface.ipynb #5ce4428e
 def test_sizes(mode:int) -> tuple:
@@ -157,8 +157,13 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
                       batch_size:int=1, workers:int=0, progress:bool=True,
                       failed:list|None=None,  # given: unreadable images go here as (path, message) and the run goes on
                       nms_pre:int=-1,         # >0: each image's best candidates only (the trainer's evaluation: 1000)
+                      extra_modes=(),         # more passes (modes, e.g. 320 for close-up faces), merged by NMS (`merge_preds`)
                      ) -> dict:               # preds[event][name] = (n, 5) float32 x, y, w, h, score
     "Detections for every image with the reference test protocol, batched over images of equal padded shape."
+    if extra_modes:
+        passes = [predict_widerface(runner, items, m, score_thr, nms_thr, batch_size, workers, progress,
+                                    failed if i == 0 else [], nms_pre) for i, m in enumerate((mode, *extra_modes))]
+        return merge_preds(passes, nms_thr)
     loader = torch.utils.data.DataLoader(ImageList(items, partial(resize_for_test, mode=mode)), batch_size=batch_size, num_workers=workers,
                                          collate_fn=list, shuffle=False)
     dev = getattr(runner, 'device', 'cpu')
@@ -179,6 +184,22 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
         if bar: bar.update(len(batch))
     if bar: bar.close()
     return preds
+
+def merge_preds(passes:list,   # prediction sets preds[event][name] = (n, 5) x, y, w, h, score of the same images
+                nms_thr:float=DetectCfg.nms_thr,
+               ) -> dict:      # the merged set, each image by descending score
+    "Several passes over the same images merged image by image with the mmdet convention's NMS (`detect.merge_detections`)."
+    out = {}
+    for ev, imgs in passes[0].items():
+        for nm in imgs:
+            ds = []
+            for p in passes:
+                v = np.asarray(p.get(ev, {}).get(nm, np.zeros((0, 5))), np.float32).reshape(-1, 5)
+                b = torch.from_numpy(v[:, :4].copy()); b[:, 2:] += b[:, :2]
+                ds.append(dict(boxes=b, scores=torch.from_numpy(v[:, 4].copy()), kps=None))
+            m = merge_detections(ds, nms_thr, 'mmdet')
+            out.setdefault(ev, {})[nm] = to_xywh(m['boxes'].numpy(), m['scores'].numpy())
+    return out
 
 # %% ../nbs/19_test_widerface.ipynb #958bb3a7
 def compare_preds(a:dict, b:dict, # preds[event][name] = (n, 5) [x, y, w, h, score]
@@ -214,7 +235,7 @@ def score_preds(preds:dict, gt) -> dict:
 # %% ../nbs/19_test_widerface.ipynb #23763bb2
 def run_test(weights, data_path, out, mode:int=0, thr:float=DetectCfg.score_thr, nms_thr:float=DetectCfg.nms_thr, batch_size:int=1,
              workers:int=0, device='cpu', config=None, gt=None, backend='torch', json_path=None, progress=True,
-             nms_pre:int=-1) -> dict:
+             nms_pre:int=-1, extra_modes=()) -> dict:
     "Check every input, predict, write the WIDER result files to `out`; `{'preds', 'aps', 'failed'}` (`aps` None without ground truth, `failed` the unreadable images)."
     from scrfd_nb.evaluate import write_pred_dir, load_gt
     images_dir, labelv2, gt_dir = wider_split(data_path)             # every input before the long pass
@@ -223,7 +244,7 @@ def run_test(weights, data_path, out, mode:int=0, thr:float=DetectCfg.score_thr,
     gt = load_gt(gt) if gt is not None else None                     # a bad --gt fails now, not after an hour
     runner = load_runner(weights, config, device, backend)
     failed = []
-    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress, failed, nms_pre)
+    preds = predict_widerface(runner, items, mode, thr, nms_thr, batch_size, workers, progress, failed, nms_pre, extra_modes)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     write_pred_dir(preds, out)
     aps = None
@@ -249,6 +270,8 @@ def main(argv=None):
     ap.add_argument('--thr', type=UNIT, default=DetectCfg.score_thr, help=f"score threshold in [0, 1] (strict >; default {DetectCfg.score_thr}, the reference's)")
     ap.add_argument('--nms-thr', type=UNIT, default=DetectCfg.nms_thr, help=f"NMS IoU threshold in [0, 1] (default {DetectCfg.nms_thr}, the reference's)")
     ap.add_argument('--nms-pre', type=in_range(0, None, int), default=0, help="candidates per image kept before NMS (0: all, the reference; training evaluates with 1000)")
+    ap.add_argument('--extra-mode', type=_mode_arg, action='append', default=[],
+                    help="also predict in this mode and merge by NMS (repeatable; e.g. 320: a second pass for close-up faces)")
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=1)
     ap.add_argument('--workers', type=in_range(0, None, int), default=0, help="DataLoader workers reading and resizing images")
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")
@@ -270,7 +293,7 @@ def main(argv=None):
     try: dev = pick_device(a.device) if a.backend == 'torch' else 'cpu'
     except Exception as e: raise UsageError(f"--device {a.device}: {one_line(e)}") from None
     r = run_test(a.weights, a.data_path, a.out, a.mode, a.thr, a.nms_thr, a.batch_size, a.workers, dev, a.config,
-                 a.gt, a.backend, a.json, not a.no_progress, a.nms_pre)
+                 a.gt, a.backend, a.json, not a.no_progress, a.nms_pre, tuple(a.extra_mode))
     n = sum(len(v) for v in r['preds'].values())
     print(f"wrote {n} result files to {a.out}")
     if r['aps']: print('APS: easy {easy:.4f}  medium {medium:.4f}  hard {hard:.4f}'.format(**r['aps']))
