@@ -53,3 +53,9 @@ def test_extra_pass_options_checked_first(tmp_path):
     assert r.returncode == 2 and '--extra-size' in r.stderr
     r = run('scrfd_nb.test_widerface', '--weights', str(tmp_path/'w.onnx'), '--data-path', str(tmp_path), '--extra-mode', '7')
     assert r.returncode == 2 and '--extra-mode' in r.stderr
+
+
+def test_data_report_points_to_insight():
+    "`python -m scrfd_nb.data report` (the issue's spelling) names the command that makes the report, one line, exit 2."
+    r = run('scrfd_nb.data', 'report', 'labelv2.txt')
+    assert r.returncode == 2 and 'scrfd_nb.insight report' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
