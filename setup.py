@@ -21,7 +21,10 @@ statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Produ
 py_versions = '3.9 3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+# the architecture search (scrfd_nb.search): Optuna runs the study; psycopg is SQLAlchemy's PostgreSQL driver for
+# a study shared by machines (postgresql:// storage). An extra of its own, and part of dev, where the tests use both.
+search_requirements = shlex.split(cfg.get('search_requirements', ''))
+dev_requirements = shlex.split(cfg.get('dev_requirements', '')) + search_requirements
 # torch-npu pairs with the same torch release and needs Ascend CANN: without CANN it makes even
 # `import torch` fail, so it is an opt-in extra and never part of the default or dev installs.
 npu_requirements = ['torch-npu', 'pyyaml']
@@ -43,7 +46,7 @@ setup(
     packages=find_packages(include=[lib_path, lib_path + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'npu': npu_requirements},
+    extras_require={'dev': dev_requirements, 'search': search_requirements, 'npu': npu_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires=requires_python,
     long_description=open('README.md', encoding='utf-8').read(),

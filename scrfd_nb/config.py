@@ -249,7 +249,7 @@ def get_config(name:str, # a key of `PRESETS`, or a config JSON file (`write_con
     if name not in PRESETS: raise KeyError(f"unknown SCRFD variant {name!r}; known: {', '.join(PRESETS)}")
     return apply_overrides(PRESETS[name], **overrides)
 
-# %% ../nbs/01_config.ipynb #a9da8909
+# %% ../nbs/01_config.ipynb #f0a90afa
 def is_config_file(name) -> bool:
     "Whether a variant name is a config JSON file (by its suffix)."
     return isinstance(name, (str, Path)) and str(name).lower().endswith('.json')

@@ -30,11 +30,11 @@ __all__ = ['CONFIG_FLAGS', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'DEMO_LR_BATCH'
            'make_schedule', 'RunConfig', 'recipe_overrides', 'resolve_defaults', 'recipe_note', 'ckpt_name',
            'list_checkpoints', 'NonFiniteError', 'check_finite', 'save_atomic', 'prune_checkpoints', 'read_checkpoint',
            'find_resume', 'load_weights', 'init_from', 'unfold_batchnorm', 'Logger', 'read_metrics', 'fmt_eta',
-           'ap_summary', 'data_root', 'val_set', 'augment_on_device', 'train_set', 'channels_last', 'to_device',
-           'compute_losses', 'evaluate', 'PhaseTimer', 'train_step', 'LossMeter', 'validate', 'Run', 'precision_note',
-           'setup_model', 'setup_run', 'resume_run', 'checkpoint_state', 'save_checkpoint', 'evaluate_run',
-           'effective_config', 'wrap_model', 'count_nonfinite', 'log_progress', 'train_epoch', 'fit', 'train',
-           'add_train_args', 'run_config_from_args', 'main']
+           'ap_summary', 'synthetic_data', 'data_root', 'val_set', 'augment_on_device', 'train_set', 'channels_last',
+           'to_device', 'compute_losses', 'evaluate', 'PhaseTimer', 'train_step', 'LossMeter', 'validate', 'Run',
+           'precision_note', 'setup_model', 'setup_run', 'resume_run', 'checkpoint_state', 'save_checkpoint',
+           'evaluate_run', 'effective_config', 'wrap_model', 'count_nonfinite', 'log_progress', 'train_epoch', 'fit',
+           'train', 'add_train_args', 'run_config_from_args', 'main']
 
 # %% ../nbs/17_train.ipynb #b1a58110
 def lr_at(it:int,           # global iteration, 0-based
@@ -312,14 +312,18 @@ def ap_summary(ap) -> dict|None:
     "The three WIDER FACE APs as floats."
     return None if ap is None else {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
 
+def synthetic_data(cfg:RunConfig, root) -> Path:
+    "The synthetic dataset `cfg` asks for (`--synth`, `--num-train`, ...) at `root`, generated there on first use."
+    kw = dict(num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.seed)
+    if cfg.synth == 'demo': kw.update(DEMO_SYNTH, image_size=DEMO_SIZE)
+    if cfg.synth_size is not None: kw['image_size'] = tuple(cfg.synth_size)
+    return ensure_synthetic(Path(root), **kw)
+
 def data_root(cfg:RunConfig, rt:Runtime) -> tuple:
     "(dataset root, name of its validation set); the synthetic dataset is generated on first use (local rank 0)."
     if cfg.data_path is not None: return Path(cfg.data_path), 'WIDER FACE val'
     root = Path(cfg.work_dir)/'synthetic'
-    kw = dict(num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.seed)
-    if cfg.synth == 'demo': kw.update(DEMO_SYNTH, image_size=DEMO_SIZE)
-    if cfg.synth_size is not None: kw['image_size'] = tuple(cfg.synth_size)
-    if rt.local_rank == 0: ensure_synthetic(root, **kw)
+    if rt.local_rank == 0: synthetic_data(cfg, root)
     rt.barrier()
     return root, 'synthetic val'
 
