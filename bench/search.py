@@ -1,11 +1,11 @@
 """The same small architecture search with and without early stopping, side by side (issue 21).
 
-Both searches draw the same candidates (trial n draws from the seed (seed, n)), train them with the demo recipe on
-the built-in synthetic data and rank them by hard AP; one trains every candidate to the end, the other lets
-successive halving (ASHA) stop the weak ones at its rungs. Printed: wall time, epochs trained, the best candidate and
+The searches draw the same candidates (trial n draws from the seed (seed, n)), train them with the demo recipe on
+the built-in synthetic data and rank them by hard AP; one trains every candidate to the end, the others let
+successive halving (ASHA) or Hyperband stop the weak ones at their rungs. Printed: wall time, epochs trained, the best candidate and
 its AP for each, and whether early stopping kept the same winner; then the table of the full search and its plot.
 
-    python bench/search.py --out /tmp/bench_search            # ~30 min on 2 CPU cores
+    python bench/search.py --out /tmp/bench_search --trials 5 --epochs 30 --eval-every 6 --num-train 160   # ~25 min on 2 CPU cores
     python bench/search.py --out /tmp/bench_search --report   # print the tables again from the two result folders
 """
 import argparse, json, os, shutil, subprocess, sys, time
@@ -26,7 +26,7 @@ def machine():
 def settings(a, out, pruner):
     return SearchConfig(gflops=a.gflops, space='backbone', template='scrfd_2.5g', trials=a.trials, epochs=a.epochs,
                         eval_every=a.eval_every, img_size=a.img_size, num_train=a.num_train, num_val=a.num_val,
-                        pruner=pruner, out=str(out), device='cpu', seed=a.seed, latency=True)
+                        pruner=pruner, reduction_factor=a.eta, out=str(out), device='cpu', seed=a.seed, latency=True)
 
 
 def table(recs):
@@ -55,30 +55,35 @@ def main():
     ap.add_argument('--num-train', type=int, default=240)
     ap.add_argument('--num-val', type=int, default=60)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--eta', type=int, default=2, help="the pruners' reduction factor")
+    ap.add_argument('--pruners', default='none,halving,hyperband', help='comma-separated; a pruner whose folder has results is not run again')
     ap.add_argument('--report', action='store_true')
     a = ap.parse_args()
-    out = Path(a.out)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     times = json.loads((out/'times.json').read_text()) if (out/'times.json').exists() else {}
     if not a.report:
         print(machine(), flush=True)
-        for pruner in ('none', 'halving'):
+        for pruner in a.pruners.split(','):
             d = out/pruner
+            if pruner in times and (d/'results.json').exists(): continue
             shutil.rmtree(d, ignore_errors=True)
             t0 = time.perf_counter(); search(settings(a, d, pruner)); times[pruner] = time.perf_counter() - t0
             (out/'times.json').write_text(json.dumps(times))
         print(machine(), flush=True)
-    recs = {p: json.loads((out/p/'results.json').read_text()) for p in ('none', 'halving')}
+    names = {'none': 'no early stopping', 'halving': 'successive halving (ASHA)', 'hyperband': 'Hyperband'}
+    recs = {p: json.loads((out/p/'results.json').read_text()) for p in a.pruners.split(',') if (out/p/'results.json').exists()}
     print(f"\nbackbone step around scrfd_2.5g at {a.gflops} GFLOPs (VGA), {a.trials} candidates x {a.epochs} epochs of "
-          f"{a.num_train} synthetic images at {a.img_size} px, evaluated every {a.eval_every}; demo recipe, seed {a.seed}\n")
+          f"{a.num_train} synthetic images at {a.img_size} px, evaluated every {a.eval_every}; demo recipe, seed {a.seed}; pruners' eta {a.eta}\n")
     print('| search | wall time | epochs trained | best | best hard AP | pruned |\n|---|---|---|---|---|---|')
     bests = {}
-    for p in ('none', 'halving'):
-        bests[p], line = summary('no early stopping' if p == 'none' else 'successive halving (ASHA)', recs[p], times.get(p, float('nan')))
+    for p in recs:
+        bests[p], line = summary(names[p], recs[p], times.get(p, float('nan')))
         print(line)
-    same = bests['none']['draw'] == bests['halving']['draw']
-    print(f"\nsame winner: {same}; time ratio halving / none: {times.get('halving', float('nan')) / times.get('none', float('nan')):.2f}")
-    print('\nno early stopping, every candidate:\n' + table(recs['none']))
-    print('\nsuccessive halving:\n' + table(recs['halving']))
+    for p in recs:
+        if p != 'none' and 'none' in recs:
+            print(f"{names[p]}: same winner as without early stopping: {bests['none']['draw'] == bests[p]['draw']}; "
+                  f"time {times.get(p, float('nan')) / times.get('none', float('nan')):.2f}x")
+    for p in recs: print(f"\n{names[p]}, every candidate:\n" + table(recs[p]))
 
 
 if __name__ == '__main__':

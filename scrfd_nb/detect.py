@@ -548,7 +548,7 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=8, help='--video: frames per forward pass (default 8)')
     ap.add_argument('--max-frames', type=in_range(0, None, int), default=0, help='--video: stop after this many frames (0: all)')
     ap.add_argument('--no-progress', action='store_true', help='--video: no progress bar')
-    ap.add_argument('--name', help='model variant, for weight files that do not say (e.g. scrfd_500m_bnkps)')
+    ap.add_argument('--name', help='model variant or config JSON file, for weight files that do not say (e.g. scrfd_500m_bnkps)')
     ap.add_argument('--device', default='cpu', help='torch device (default cpu)')
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)

@@ -401,7 +401,7 @@ def main(argv=None):
         "Export an SCRFD model to ONNX (input 'input.1', outputs score_8..kps_32, BatchNorm folded).")
     ap.add_argument('--weights', help="our checkpoint, a reference .pth, or an .onnx (omit with --config: random init)")
     ap.add_argument('--out', help="output .onnx (default: <config>[_shape<H>x<W>].onnx)")
-    ap.add_argument('--config', help="variant name, e.g. scrfd_2.5g_bnkps")
+    ap.add_argument('--config', help="variant name (e.g. scrfd_2.5g_bnkps) or config JSON file (e.g. a search's best.json)")
     ap.add_argument('--shape', type=in_range(32, None, int), nargs=2, metavar=('H', 'W'), help="fixed input size (dynamic without it)")
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=1, help="batch of a fixed-shape export")
     ap.add_argument('--dynamic', action='store_true', help="dynamic axes even with --shape")

@@ -275,7 +275,7 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=in_range(1, None, int), default=1)
     ap.add_argument('--workers', type=in_range(0, None, int), default=0, help="DataLoader workers reading and resizing images")
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")
-    ap.add_argument('--config', default=None, help="variant name when the weights do not say it (e.g. scrfd_2.5g)")
+    ap.add_argument('--config', default=None, help="variant name or config JSON file, when the weights do not say it (e.g. scrfd_2.5g)")
     ap.add_argument('--gt', default=None, help="ground truth: folder of wider_*_val.mat or a labelv2 file with boxes")
     ap.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
                     help="torch: load the weights into our model; onnxruntime: run an .onnx file as is")

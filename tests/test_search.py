@@ -14,8 +14,9 @@ from scrfd_nb.flops import count_flops, VGA
 from scrfd_nb.search import (SearchSpace, param_space, draw_params, candidate_config, draw_candidate, backbone_shares,
                              shares_ok, in_budget, gn_groups, BudgetError)
 
-# A tiny search: the backbone step around scrfd_2.5g at 1 GFLOPs (VGA), 2 epochs of 16 synthetic images at 64 px.
-TINY = ['--gflops', '1.0', '--space', 'backbone', '--template', 'scrfd_2.5g', '--epochs', '2', '--eval-every', '1',
+# A tiny search: the backbone step around scrfd_2.5g at 1 GFLOPs (VGA) +-10 % (a few draws per candidate, where +-2 %
+# takes up to a thousand: the budget rule itself is tested above), 2 epochs of 16 synthetic images at 64 px.
+TINY = ['--gflops', '1.0', '--budget-tol', '0.1', '--space', 'backbone', '--template', 'scrfd_2.5g', '--epochs', '2', '--eval-every', '1',
         '--img-size', '64', '--num-train', '16', '--num-val', '8', '--device', 'cpu']
 
 
@@ -97,7 +98,7 @@ def test_tiny_search_end_to_end(tmp_path):
     assert len(recs) == 3 and all(x['status'] == 'complete' for x in recs), recs
     for x in recs:
         assert {'config', 'gflops', 'params', 'ap_hard', 'status', 'ap_easy', 'ap_medium', 'epochs', 'flops_parts', 'latency_ms'} <= set(x)
-        assert in_budget(x['gflops'], 1.0) and x['epochs'] == 2 and x['latency_ms'] > 0
+        assert in_budget(x['gflops'], 1.0, 0.1) and x['epochs'] == 2 and x['latency_ms'] > 0
         run = out/'trials'/f"search-{x['number']:04d}"
         metrics = [json.loads(l) for l in (run/'run'/'metrics.jsonl').read_text().splitlines()]
         aps = [m['ap_hard'] for m in metrics if 'ap_hard' in m]
@@ -109,6 +110,12 @@ def test_tiny_search_end_to_end(tmp_path):
     # best.json is a variant everywhere: flops, build_model through train --config (one iteration)
     f = subprocess.run([sys.executable, '-m', 'scrfd_nb.flops', out/'best.json', '--input', '480', '640'], capture_output=True, text=True, cwd=ROOT)
     assert json.loads(f.stdout)['flops'] == pytest.approx(best['gflops'] * 1e9)
+    e = subprocess.run([sys.executable, '-m', 'scrfd_nb.export', '--config', out/'best.json', '--out', out/'best.onnx'],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert e.returncode == 0 and best['config']['name'] in e.stdout, e.stdout + e.stderr
+    t = subprocess.run([sys.executable, '-m', 'scrfd_nb.train', '--config', out/'best.json', '--max-iters', '1', '--num-train', '8',
+                        '--num-val', '4', '--img-size', '64', '--work-dir', out/'w'], capture_output=True, text=True, cwd=ROOT)
+    assert t.returncode == 0 and f"scrfd_nb.train {best['config']['name']}" in t.stdout, t.stdout + t.stderr
     again = search_cli(*TINY, '--trials', '3', '--pruner', 'none', '--latency', '--out', out)   # the same command again:
     assert again.returncode == 0 and len(results(out)) == 3                                        # nothing more to train
 
@@ -140,15 +147,15 @@ def test_sigkill_then_resume(tmp_path):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    "Two workers started together on one folder train 4 candidates between them, none twice."
+    "Two workers started together on one folder train 3 candidates between them, none twice."
     out = tmp_path/'s'
-    args = [sys.executable, '-m', 'scrfd_nb.search', *TINY, '--epochs', '1', '--trials', '4', '--pruner', 'none', '--out', str(out)]
+    args = [sys.executable, '-m', 'scrfd_nb.search', *TINY, '--epochs', '1', '--trials', '3', '--pruner', 'none', '--out', str(out)]
     ps = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in ps]
     assert all(p.returncode == 0 for p in ps), outs
     recs = results(out)
     done = [x for x in recs if x['status'] == 'complete']
-    assert 4 <= len(done) <= 5, recs    # two workers may both start the last one: one more, never a repeat
+    assert 3 <= len(done) <= 4, recs    # two workers may both start the last one: one more, never a repeat
     no_candidate_twice(recs)
     numbers = [sorted(int(l.split()[1].rstrip(':')) for l in o.splitlines() if l.startswith('trial ') and 'GFLOPs' in l) for o in outs]
     assert all(numbers) and not set(numbers[0]) & set(numbers[1]), numbers   # each trained some, and different ones
