@@ -394,11 +394,13 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, rank:int=0,
 
 # %% ../nbs/11_data.ipynb #f5bebd1c
 def main(argv=None) -> int:
-    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]` or `synthetic --out DIR ...`."
+    "CLI: `check <labelv2.txt> [--images DIR] [--mode any|train|test]`, `report LABELS ...` (scrfd_nb.insight) or `synthetic --out DIR ...`."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ['report']:        # scrfd_nb.insight reads labels through this module: importing it here would be a circle
-        raise UsageError("the dataset report is `python -m scrfd_nb.insight report LABELS [--images DIR] [--out DIR]` "
-                         "(notebook 26_insight)")
+    if argv[:1] == ['report']:   # `python -m scrfd_nb.insight report ...` (notebook 26) runs as its own program: that module
+        import runpy             # reads labels through this one, so importing it here would be a circle
+        sys.argv = ['python -m scrfd_nb.data', *argv]
+        runpy.run_module('scrfd_nb.insight', run_name='__main__', alter_sys=True)   # exits with the report's status
+        return 0
     if argv[:1] == ['synthetic']:
         from scrfd_nb.synthetic import main as synthetic_main
         synthetic_main(argv[1:])

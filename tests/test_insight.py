@@ -55,7 +55,14 @@ def test_extra_pass_options_checked_first(tmp_path):
     assert r.returncode == 2 and '--extra-mode' in r.stderr
 
 
-def test_data_report_points_to_insight():
-    "`python -m scrfd_nb.data report` (the issue's spelling) names the command that makes the report, one line, exit 2."
-    r = run('scrfd_nb.data', 'report', 'labelv2.txt')
-    assert r.returncode == 2 and 'scrfd_nb.insight report' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_data_report_is_the_insight_report(tmp_path):
+    "`python -m scrfd_nb.data report` (the issue's spelling) makes the same report as `python -m scrfd_nb.insight report`."
+    (tmp_path/'v2.txt').write_text('# ev/a.jpg 200 120\n20 30 60 70 30 45 0 50 45 0 40 55 0 32 62 1 48 62 0\n100 20 108 30 0\n')
+    outs = []
+    for mod in ('scrfd_nb.data', 'scrfd_nb.insight'):
+        r = run(mod, 'report', str(tmp_path/'v2.txt'), '--samples', '4', '--out', str(tmp_path/mod), '--no-progress')
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads((tmp_path/mod/'summary.json').read_text()))
+    assert outs[0] == outs[1] and (outs[0]['images'], outs[0]['faces']) == (1, 2)
+    r = run('scrfd_nb.data', 'report', str(tmp_path/'missing.txt'))     # its bad input too: one line, exit 2
+    assert r.returncode == 2 and 'missing.txt' in r.stderr.strip().splitlines()[-1] and 'Traceback' not in r.stderr, r.stderr
