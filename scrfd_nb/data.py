@@ -414,6 +414,7 @@ def main(argv=None) -> int:
     c.add_argument('--max-warnings', type=in_range(0, None, int), default=20, help='warnings printed (all are counted)')
     c.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     sub.add_parser('synthetic', help='write the synthetic dataset (options: python -m scrfd_nb.synthetic --help)')
+    sub.add_parser('report', help='the dataset report: counts, face sizes against the anchors, ATSS coverage (options: python -m scrfd_nb.insight report --help)')
     a = ap.parse_args(argv)
     if not Path(a.labelv2).is_file(): raise UsageError(f"labelv2 {a.labelv2}: no such file")
     if a.images is not None and not Path(a.images).is_dir(): raise UsageError(f"--images {a.images}: no such folder")
