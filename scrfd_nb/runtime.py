@@ -8,13 +8,14 @@ import os, sys, random, datetime, importlib, importlib.util, contextlib, warning
 from dataclasses import dataclass
 import numpy as np
 import torch
+from torch import nn
 import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['BACKENDS', 'AMP_CHOICES', 'npu_installed', 'load_npu', 'pick_device', 'backend_for', 'bf16_supported', 'amp_dtype',
            'Runtime', 'env_int', 'setup_runtime', 'npu_tune', 'cleanup_runtime', 'get_rank', 'get_world_size',
            'is_main_process', 'reduce_mean', 'reduce_dict', 'free_port', 'seed_everything', 'set_deterministic',
-           'rng_state', 'set_rng_state', 'make_sgd']
+           'rng_state', 'set_rng_state', 'make_sgd', 'PreciseBatchNorm2d', 'precise_batchnorm']
 
 # %% ../nbs/16_runtime.ipynb #4c249f7d
 os.environ.setdefault('TORCH_DEVICE_BACKEND_AUTOLOAD', '0')  # for child processes: a CANN-less torch_npu must not break `import torch`
@@ -217,3 +218,51 @@ def make_sgd(params, lr:float, momentum:float=0.9, weight_decay:float=5e-4,
         return NpuFusedSGD(params, **kw)
     if fused and device_type == 'cuda': return torch.optim.SGD(params, fused=True, **kw)
     return torch.optim.SGD(params, foreach=device_type != 'cpu' or None, **kw)
+
+# %% ../nbs/16_runtime.ipynb #ea4d2a46
+class _PreciseBatchNormFn(torch.autograd.Function):
+    "Training-mode BatchNorm of a channels-last float32 tensor, every sum a cascade sum (see `PreciseBatchNorm2d`)."
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, factor:float, eps:float):
+        dims, n = (0, 2, 3), x.numel() // x.shape[1]
+        mean = x.sum(dims) / n                                   # `Tensor.sum` sums pairwise in any layout
+        xm = x - mean.view(1, -1, 1, 1)
+        var = (xm * xm).sum(dims) / n                            # two-pass: no cancellation; biased, for normalising
+        if running_mean is not None:
+            running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            running_var.mul_(1 - factor).add_(var, alpha=factor * n / max(n - 1, 1))   # unbiased, as nn.BatchNorm2d
+        invstd = (var + eps).rsqrt()
+        ctx.save_for_backward(xm, weight, invstd)
+        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)   # y = (x - mean) * invstd * w + b
+
+    @staticmethod
+    def backward(ctx, dy):
+        xm, weight, invstd = ctx.saved_tensors
+        dims, n = (0, 2, 3), xm.numel() // xm.shape[1]
+        v = lambda t: t.view(1, -1, 1, 1)
+        sum_dy, sum_dy_xm = dy.sum(dims), (dy * xm).sum(dims)
+        scale = invstd if weight is None else weight * invstd
+        dx = torch.addcmul(v(-scale * sum_dy / n), dy, v(scale))   # scale * (dy - mean(dy) - xm * invstd² * mean(dy * xm))
+        dx.addcmul_(xm, v(-scale * invstd * invstd * sum_dy_xm / n))
+        if weight is None: return dx, None, None, None, None, None, None
+        return dx, sum_dy_xm * invstd, sum_dy, None, None, None, None
+
+class PreciseBatchNorm2d(nn.BatchNorm2d):
+    "`nn.BatchNorm2d` whose training statistics on a float32 channels-last CPU input are cascade sums (NCHW's precision)."
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        if not (self.training and x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None: factor = 1.0 / float(self.num_batches_tracked)
+        return _PreciseBatchNormFn.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                                         self.running_var if self.track_running_stats else None, factor, self.eps)
+
+def precise_batchnorm(model:nn.Module) -> nn.Module:
+    "Make every `nn.BatchNorm2d` of `model` a `PreciseBatchNorm2d` in place (same parameters, buffers and state-dict keys)."
+    for m in model.modules():
+        if type(m) is nn.BatchNorm2d: m.__class__ = PreciseBatchNorm2d
+    return model

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import UsageError, run_cli
 from .config import PRESETS, TrainCfg, DataCfg, SCRFDConfig, get_config, config_key, config_to_dict, field_docs, is_config_file
 from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed_everything, set_deterministic,
-                      rng_state, set_rng_state, make_sgd, AMP_CHOICES)
+                      rng_state, set_rng_state, make_sgd, AMP_CHOICES, precise_batchnorm)
 from .model import build_model, load_model
 from .losses import compute_loss
 from .data import WiderFaceDataset, collate, batch_to, build_loader, batches_per_epoch
@@ -101,7 +101,7 @@ class RunConfig:
     device:str|None=None            # auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu
     amp:str='off'                   # precision: off (fp32, the reference's; TF32 disabled), auto (bf16 on accelerators that have it, else fp16 with loss scaling; fp32 on CPU), bf16, fp16. Default fp32: a bf16 step's gradient points elsewhere (cosine 0.08-0.32 with the fp32 one on the reference's states, bench/RESULTS.md)
     compile:bool=False              # torch.compile the model
-    channels_last:bool|None=None    # channels-last memory format; None: on accelerators only (on the CPU, train-mode BatchNorm in channels-last loses precision: 40x the fp32 error, 0.2 % on the head outputs)
+    channels_last:bool|None=None    # channels-last memory format; None: on accelerators only (on the CPU it takes `PreciseBatchNorm2d`, 1.3-1.6x the NCHW step and closer to the exact gradient than the reference, but not the reference's rounding, which NCHW replays: bench/RESULTS.md)
     sync_bn:bool=False              # synchronise BatchNorm statistics across processes (the reference keeps them per process)
     fused:bool|None=None            # fused SGD where the device has one (CUDA, Ascend NpuFusedSGD); None: on for CUDA
     augment_on:str='auto'           # where the augmentation's pixel work runs: cpu (loader workers, OpenCV), device (batched on the training device; the workers only decode and draw the random decisions), auto: device on accelerators
@@ -526,6 +526,7 @@ def setup_model(cfg:RunConfig, rt:Runtime, mcfg, sched:Schedule, log) -> tuple:
     "(model, SGD optimizer): built from the variant, on the device, optionally initialised from other weights."
     raw = build_model(mcfg).to(rt.device)
     if channels_last(cfg, rt): raw = raw.to(memory_format=torch.channels_last)
+    if channels_last(cfg, rt) and rt.device.type == 'cpu': precise_batchnorm(raw)   # not the native kernel's float32 running sums
     if cfg.init_from is not None: log(f"{init_from(raw, load_weights(cfg.init_from))} (from {cfg.init_from})")
     if cfg.sync_bn and rt.distributed: raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     fused = rt.device.type == 'cuda' if cfg.fused is None else cfg.fused   # CUDA: one fused kernel per step
