@@ -7,8 +7,9 @@
     as a difference between the two), a random and a structured (ramp x noise) output gradient:
       NCHW native         ATen's contiguous kernel: statistics summed in float64; backward sums per (n, c) plane
       channels-last native ATen's channels-last kernel: each thread adds its rows into a float32 buffer, in order
-      channels-last precise `PreciseBatchNorm` below: cascade (pairwise) float32 sums of the channels-last tensor
-                          (`Tensor.sum`), two-pass variance, eval-mode kernel for the output, cascade-summed backward
+      channels-last precise `runtime.PreciseBatchNorm2d` (what `--channels-last` uses on a CPU): cascade (pairwise)
+                          float32 sums of the channels-last tensor (`Tensor.sum`), two-pass variance, eval-mode kernel
+                          for the output, cascade-summed backward
 (B) The whole first iteration of the reference's trajectory (golden (h): its initial state, its first batch,
     1 thread): the gradient of every parameter in float64 (the exact gradient, up to float64 rounding) against the
     reference's own float32 gradient and ours in each layout, and the two checks tests/test_trajectory.py makes of
@@ -23,43 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / 'bench'), str(ROOT / 'tests')]
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from scrfd_nb.runtime import PreciseBatchNorm2d
 
 CL = torch.channels_last
-
-class _PreciseBatchNormFn(torch.autograd.Function):
-    "Training-mode BatchNorm of a channels-last float32 tensor with cascade-summed statistics and gradients."
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, factor, eps):
-        dims, n = (0, 2, 3), x.numel() // x.shape[1]
-        mean = x.sum(dims) / n                                   # Tensor.sum: cascade summation, any layout
-        xm = x - mean.view(1, -1, 1, 1)
-        var = (xm * xm).sum(dims) / n
-        if running_mean is not None:
-            running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-            running_var.mul_(1 - factor).add_(var, alpha=factor * n / max(n - 1, 1))
-        invstd = (var + eps).rsqrt()
-        ctx.save_for_backward(xm, weight, invstd)
-        return torch.batch_norm(x, weight, bias, mean, var, False, 0.0, eps, False)
-
-    @staticmethod
-    def backward(ctx, dy):
-        xm, weight, invstd = ctx.saved_tensors
-        dims, n = (0, 2, 3), xm.numel() // xm.shape[1]
-        v = lambda t: t.view(1, -1, 1, 1)
-        sum_dy, sum_dy_xm = dy.sum(dims), (dy * xm).sum(dims)
-        scale = weight * invstd
-        dx = torch.addcmul(v(-scale * sum_dy / n), dy, v(scale))          # scale * (dy - mean(dy) - xm k)
-        dx.addcmul_(xm, v(-scale * invstd * invstd * sum_dy_xm / n))
-        return dx, sum_dy_xm * invstd, sum_dy, None, None, None, None
-
-class PreciseBatchNorm(nn.BatchNorm2d):
-    def forward(self, x):
-        if not (self.training and x.dtype == torch.float32 and x.is_contiguous(memory_format=CL) and not x.is_contiguous()):
-            return super().forward(x)
-        self.num_batches_tracked.add_(1)
-        return _PreciseBatchNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.momentum, self.eps)
 
 class NchwBatchNorm(nn.BatchNorm2d):
     "BatchNorm through the NCHW kernel inside a channels-last network (two layout copies each way)."
@@ -67,7 +35,7 @@ class NchwBatchNorm(nn.BatchNorm2d):
         if not self.training or x.is_contiguous(): return super().forward(x)
         return super().forward(x.contiguous()).contiguous(memory_format=CL)
 
-LAYOUTS = {'NCHW': None, 'channels-last native': nn.BatchNorm2d, 'channels-last precise': PreciseBatchNorm,
+LAYOUTS = {'NCHW': None, 'channels-last native': nn.BatchNorm2d, 'channels-last precise': PreciseBatchNorm2d,
            'channels-last, BN in NCHW': NchwBatchNorm}
 
 def as_layout(model, name):
