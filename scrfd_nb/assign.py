@@ -32,7 +32,7 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
                     ignored:Tensor|None=None,    # (B, A) bool: anchors pushed to distance INF (reference ignore handling)
                     chunk_elems:int|None=None,   # max elements of one distance block (None: 2**20 on CPU, 2**26 elsewhere)
                     grid:Sequence[tuple[int,int,int]]|None=None, # per level (H, W, A) if the anchors are `grid_anchors` order: faster
-                    gt_mask:Tensor|None=None,    # (B, G) bool: on CPU, padded faces are skipped (candidates: each level's first anchor)
+                    gt_mask:Tensor|None=None,    # (B, G) bool: padded faces get each level's first anchor as candidates (on CPU, eager: skipped)
                    ) -> Tensor:                  # (B, G, K) long anchor indices, K = Σ_l min(topk, A_l), levels in order
     "Per level, the `topk` anchors whose centres are closest to each face centre (`torch.topk` tie order)."
     B, G = gt_boxes.shape[:2]
@@ -41,8 +41,8 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
     gx, gy = (c.reshape(R) for c in _centers(gt_boxes.to(anchors.dtype)))
     rows_b = torch.arange(R, device=anchors.device) // max(G, 1)        # image of each (image, face) row
     keep = None
-    if gt_mask is not None and anchors.device.type == 'cpu':          # on the host, compacting rows costs no device sync
-        keep = gt_mask.reshape(R).nonzero()[:, 0]
+    if gt_mask is not None and anchors.device.type == 'cpu' and not torch.compiler.is_compiling():   # on the host, compacting rows costs no device sync
+        keep = gt_mask.reshape(R).nonzero()[:, 0]                      # (a data-dependent shape: not inside a compiled graph)
         gx, gy, rows_b = gx[keep], gy[keep], rows_b[keep]
     R_all, R = R, gx.shape[0]
     chunk = _chunk_elems(anchors.device, chunk_elems)
@@ -66,6 +66,7 @@ def atss_candidates(anchors:Tensor,              # (A, 4) xyxy px, all levels co
             idx.append(d.topk(k, dim=-1, largest=False).indices)
         idx = torch.cat(idx) + start if idx else anchors.new_zeros((R, k), dtype=torch.long)
         if keep is not None: idx = idx.new_full((R_all, k), start).index_copy_(0, keep, idx)   # padded rows: the level's first anchor
+        elif gt_mask is not None: idx = torch.where(gt_mask.reshape(R, 1), idx, start)        # the same, fixed shape: all rows ranked, padded ones overwritten
         out.append(idx.view(B, G, k))
         start += n
     return torch.cat(out, -1)

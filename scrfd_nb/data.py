@@ -330,16 +330,18 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
     G = max(n) if pad_to is None else pad_to
     boxes, kps = torch.zeros((B, G, 4)), torch.zeros((B, G, 5, 3))
     mask = torch.zeros((B, G), dtype=torch.bool)
-    truncated = 0
+    truncated, ignores = 0, [np.asarray(b['gt_bboxes_ignore'], np.float32).reshape(-1, 4) for b in batch]
     for i, b in enumerate(batch):
         bb, kk = np.asarray(b['gt_bboxes'], np.float32).reshape(-1, 4), np.asarray(b['gt_keypoints'], np.float32).reshape(-1, 5, 3)
-        if len(bb) > G:  # keep the G largest faces
-            keep = np.sort(np.argsort(-(bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1]), kind='stable')[:G])
-            truncated += len(bb) - G; bb, kk = bb[keep], kk[keep]
+        if len(bb) > G:  # keep the G largest faces; the others become ignore boxes
+            order = np.argsort(-(bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1]), kind='stable')
+            keep, rest = np.sort(order[:G]), np.sort(order[G:])
+            truncated += len(bb) - G; ignores[i] = np.concatenate([ignores[i], bb[rest]])
+            bb, kk = bb[keep], kk[keep]
         boxes[i, :len(bb)] = torch.from_numpy(bb); kps[i, :len(bb)] = torch.from_numpy(kk); mask[i, :len(bb)] = True
     metas = [b.get('meta', {}) for b in batch]
     return dict(images=images, gt_boxes=boxes, gt_kps=kps, gt_mask=mask,
-                gt_boxes_ignore=[torch.from_numpy(np.asarray(b['gt_bboxes_ignore'], np.float32).reshape(-1, 4)) for b in batch],
+                gt_boxes_ignore=[torch.from_numpy(ig) for ig in ignores],
                 metas=metas, skipped=[s for m in metas for s in m.get('skipped', [])],
                 crop_fallbacks=sum(bool(m.get('crop_fallback')) for m in metas), truncated_faces=truncated)
 
@@ -356,9 +358,11 @@ def batch_to(batch:dict, device, keys=BATCH_TENSORS) -> dict:
 # %% ../nbs/11_data.ipynb #ecfe9edd
 class EpochSampler(torch.utils.data.Sampler):
     "One process's `(epoch, index)` pairs of an epoch: shuffled by seed + epoch, sharded by rank (DistributedSampler's arithmetic), from a start batch."
-    def __init__(self, n:int, batch_size:int, rank:int=0, world_size:int=1, seed:int=0, shuffle:bool=True):
+    def __init__(self, n:int, batch_size:int, rank:int=0, world_size:int=1, seed:int=0, shuffle:bool=True,
+                 fill_last:bool=False): # fill the last batch by repeating the epoch's first indices: every batch full (static shapes)
         if not 0 <= rank < world_size: raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.n, self.bs, self.rank, self.world, self.seed, self.shuffle = n, batch_size, rank, world_size, seed, shuffle
+        self.fill_last = fill_last
         self.epoch = self.start = 0
     def set_epoch(self, epoch:int, start_batch:int=0):
         "The epoch the next iteration yields, skipping its first `start_batch` batches (a resumed run)."
@@ -370,9 +374,13 @@ class EpochSampler(torch.utils.data.Sampler):
         else: idx = list(range(self.n))
         total = math.ceil(self.n / self.world) * self.world
         idx = (idx * math.ceil(total / max(len(idx), 1)))[:total]            # pad by repeating, as DistributedSampler
-        return idx[self.rank:total:self.world]
+        idx = idx[self.rank:total:self.world]
+        return (idx * 2)[:self._per_rank()] if self.fill_last else idx        # (a batch is at most one shard long)
+    def _per_rank(self) -> int:
+        per = math.ceil(self.n / self.world)
+        return math.ceil(per / self.bs) * self.bs if self.fill_last and per >= self.bs else per
     def __iter__(self): return iter([(self.epoch, i) for i in self.indices()[self.start * self.bs:]])
-    def __len__(self): return max(0, math.ceil(self.n / self.world) - self.start * self.bs)
+    def __len__(self): return max(0, self._per_rank() - self.start * self.bs)
 
 def batches_per_epoch(n:int, batch_size:int, world_size:int=1) -> int:
     "Iterations per epoch (the last batch may be smaller; nothing is dropped, as in the reference)."
@@ -382,13 +390,14 @@ def build_loader(dataset, batch_size:int, workers:int=2, seed:int=0, rank:int=0,
                  pin_memory:bool|None=None, # default: an accelerator is available
                  pad_to:int|None=None, channels_last:bool=False, prefetch_factor:int|None=None,
                  collate_fn=None, # default `collate` (with pad_to, channels_last); e.g. gpu_augment.collate_decoded
+                 fill_last:bool=False, # every batch full (`EpochSampler`'s fill_last): static shapes
                 ) -> torch.utils.data.DataLoader:
     "The training DataLoader: an `EpochSampler` (`loader.sampler.set_epoch(epoch, start_batch)`), persistent workers, samples seeded by (seed, epoch, index)."
     dataset.seed = seed
     if pin_memory is None: pin_memory = bool(torch.accelerator.is_available())
     if workers > 0: cv2.setNumThreads(1)   # OpenCV's thread pool does not survive fork; each worker is one core anyway
     kw = dict(persistent_workers=workers > 0) | ({'prefetch_factor': prefetch_factor} if workers and prefetch_factor else {})
-    return torch.utils.data.DataLoader(dataset, batch_size, sampler=EpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle),
+    return torch.utils.data.DataLoader(dataset, batch_size, sampler=EpochSampler(len(dataset), batch_size, rank, world_size, seed, shuffle, fill_last),
                                        num_workers=workers, drop_last=False, pin_memory=pin_memory,
                                        collate_fn=collate_fn or partial(collate, pad_to=pad_to, channels_last=channels_last), **kw)
 

@@ -166,8 +166,9 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
         cand, ps, lvl = targets['candidates'], targets['pos_slots'], targets['slot_level']
         B, G, K = cand.shape
         L = len(anchors)
-        bounds = np.cumsum([0] + [a.shape[0] for a in anchors])
-        ks = np.cumsum([0] + [min(topk, a.shape[0]) for a in anchors])
+        nl = [a.shape[0] for a in anchors]                                         # python ints, not numpy: static under torch.compile
+        bounds = [sum(nl[:l]) for l in range(L + 1)]                               # first anchor of each level
+        ks = [sum(min(topk, n) for n in nl[:l]) for l in range(L + 1)]             # first candidate slot of each level
         bidx = torch.arange(B, device=dev)[:, None, None]
         zero = cls_list[0].new_zeros((), dtype=dt)
         # Work on the raw (B, A·C, H, W) layout: no flatten copies of the big outputs. Per level, the positives'

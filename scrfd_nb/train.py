@@ -18,10 +18,12 @@ from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed
                       rng_state, set_rng_state, make_sgd, AMP_CHOICES, precise_batchnorm)
 from .model import build_model, load_model
 from .losses import compute_loss
+from functools import partial
 from .data import WiderFaceDataset, collate, batch_to, build_loader, batches_per_epoch
 from .gpu_augment import DecodeOnlyPipeline, collate_decoded, device_augment_batch
 from .synthetic import Scene, ensure_synthetic
 from .test_widerface import TorchRunner, wider_split, list_images, predict_widerface, score_preds
+from .static import OVER_CAP, StaticShapes, static_shapes_on, face_cap, describe, WholeStep
 from . import evaluate as E
 
 # %% auto #0
@@ -101,6 +103,10 @@ class RunConfig:
     device:str|None=None            # auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu
     amp:str='off'                   # precision: off (fp32, the reference's; TF32 disabled), auto (bf16 on accelerators that have it, else fp16 with loss scaling; fp32 on CPU), bf16, fp16. Default fp32: a bf16 step's gradient points elsewhere (cosine 0.08-0.32 with the fp32 one on the reference's states, bench/RESULTS.md)
     compile:bool=False              # torch.compile the model
+    compile_step:bool=False         # torch.compile the whole step (forward, ATSS targets, losses; their backward by AOTAutograd) as one graph: fullgraph, static shapes (implies --static-shapes; with several processes the network only)
+    static_shapes:bool|None=None    # every batch the same shapes (a fixed face count per image, every batch full) so that one compiled graph serves the run; None: on NPU devices, and with --compile-step or --max-faces
+    max_faces:int|None=None         # with static shapes: faces per image (the cap); None: the training set's maximum
+    over_cap:str='ignore'           # with static shapes, an image with more faces than the cap: ignore (its largest kept, the others become ignore boxes, counted in the log) or refuse (stop before training, naming the image)
     channels_last:bool|None=None    # channels-last memory format; None: on accelerators only (on the CPU it takes `PreciseBatchNorm2d`, 1.3-1.6x the NCHW step and closer to the exact gradient than the reference, but not the reference's rounding, which NCHW replays: bench/RESULTS.md)
     sync_bn:bool=False              # synchronise BatchNorm statistics across processes (the reference keeps them per process)
     fused:bool|None=None            # fused SGD where the device has one (CUDA, Ascend NpuFusedSGD); None: on for CUDA
@@ -434,9 +440,11 @@ def train_step(model:nn.Module,  # what runs the forward: the SCRFD, or its comp
     "One SGD step on `batch` at `lr`, in the reference's order; skipped when any loss term is not finite."
     mark = mark or (lambda phase: None)
     for g in opt.param_groups: g['lr'] = lr
-    with rt.autocast(): outs = model(batch['images'])
-    mark('forward')
-    losses = compute_losses(raw, outs, batch)
+    if isinstance(model, WholeStep): losses = model(batch); mark('forward')   # forward, targets and losses: one compiled graph
+    else:
+        with rt.autocast(): outs = model(batch['images'])
+        mark('forward')
+        losses = compute_losses(raw, outs, batch)
     loss = sum(losses[k] for k in LOSS_KEYS if k in losses)
     terms = reduce_dict({k: losses[k] for k in LOSS_KEYS if k in losses} | {'loss': loss})
     mark('loss')
@@ -482,7 +490,10 @@ def validate(cfg:RunConfig) -> RunConfig:
     _check(all(s >= 1 for s in t.lr_steps), f"--lr-steps {t.lr_steps}: expected epochs >= 1")
     for name in ('log_interval', 'max_nonfinite'):
         _check(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} {getattr(cfg, name)}: expected an integer >= 1")
-    for name, choices in (('amp', AMP_CHOICES), ('augment_on', AUGMENT_CHOICES), ('synth', SYNTH_CHOICES)):
+    _check(cfg.max_faces is None or cfg.max_faces >= 1, f"--max-faces {cfg.max_faces}: expected an integer >= 1")
+    _check(cfg.static_shapes is not False or not (cfg.compile_step or cfg.max_faces is not None),
+           "--compile-step and --max-faces need static shapes: drop --no-static-shapes")
+    for name, choices in (('amp', AMP_CHOICES), ('augment_on', AUGMENT_CHOICES), ('synth', SYNTH_CHOICES), ('over_cap', OVER_CAP)):
         _check(getattr(cfg, name) in choices, f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: expected one of {', '.join(choices)}")
     if cfg.data_path is not None:
         root = Path(cfg.data_path)
@@ -513,6 +524,8 @@ class Run:
     seen:int=0                 # iterations taken by this process since it started
     nonfinite:int=0            # non-finite steps in a row
     on_eval:object=None        # on_eval(epoch, ap_summary) after each evaluation: how a search reports (and stops) a run
+    static:StaticShapes|None=None  # the fixed face count when batches have static shapes
+    over_cap_faces:int=0       # faces over the cap made ignore boxes so far (static shapes)
     @property
     def bs(self) -> int: return self.mcfg.train.batch_size
 
@@ -549,6 +562,9 @@ def setup_run(cfg:RunConfig, rt:Runtime, log:Logger) -> Run:
     if val is None: log(f"warning: {root/'val'/'labelv2.txt'} not found: this run trains without any evaluation")
     on_dev = augment_on_device(cfg, rt)
     train_ds, collate_fn = ([], None) if cfg.eval_only else train_set(root, mcfg, on_dev, cfg.seed)
+    static = None if cfg.eval_only or not static_shapes_on(cfg.static_shapes, rt.device.type, cfg.compile_step or cfg.max_faces is not None) \
+        else face_cap(train_ds.records, train_ds.images, cfg.max_faces, cfg.over_cap)   # refuses before any training
+    if static is not None: log(describe(static)); collate_fn = partial(collate_fn, pad_to=static.max_faces)
     ipe = max(1, batches_per_epoch(len(train_ds), bs, rt.world_size))
     mcfg = replace(mcfg, train=fit_to_run(mcfg.train, get_config(cfg.config).train, ipe))
     sched = make_schedule(mcfg.train, rt.world_size, bs, ipe, log=log)
@@ -568,7 +584,7 @@ def setup_run(cfg:RunConfig, rt:Runtime, log:Logger) -> Run:
                 for i in range(0, n, bs)]
         log(f"init-from {cfg.init_from}: its BatchNorms are folded into the convolutions; {unfold_batchnorm(raw, imgs)} "
             f"BatchNorms re-centred on {n} training images (same eval-mode function) so that training does not undo them")
-    return Run(cfg, rt, log, mcfg, Path(cfg.work_dir), train_ds, collate_fn, val, ipe, sched, raw, opt)
+    return Run(cfg, rt, log, mcfg, Path(cfg.work_dir), train_ds, collate_fn, val, ipe, sched, raw, opt, static=static)
 
 # %% ../nbs/17_train.ipynb #c464f88d
 def resume_run(run:Run):
@@ -634,8 +650,9 @@ def effective_config(run:Run) -> dict:
 
 # %% ../nbs/17_train.ipynb #10fcd4c6
 def wrap_model(cfg:RunConfig, rt:Runtime, raw:nn.Module) -> nn.Module:
-    "`torch.compile` and DDP around the raw model (which checkpoints keep)."
-    model = torch.compile(raw) if cfg.compile else raw
+    "`torch.compile` and DDP around the raw model (which checkpoints keep); `--compile-step` in one process: the whole step as one graph."
+    if cfg.compile_step and not rt.distributed: return WholeStep(raw, partial(compute_losses, raw), rt.autocast)
+    model = torch.compile(raw) if cfg.compile or cfg.compile_step else raw
     if not rt.distributed: return model
     with warnings.catch_warnings():   # torch 2.13 deprecates the name, and advises keeping it for rank-local buffers
         warnings.filterwarnings('ignore', message='.*broadcast_buffers.*', category=FutureWarning)
@@ -661,7 +678,8 @@ def log_progress(run:Run, vals:dict, epoch:int, lr:float, data_s:float, t0:float
     if bar is not None: bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f'{lr:.2e}')
     txt = ' '.join(f"{k[5:]} {vals[k]:.4f}" for k in LOSS_KEYS if k in vals)
     run.log(f"epoch {epoch} [{run.batch}/{run.ipe}] it {run.it} loss {vals['loss']:.4f} ({txt}) lr {lr:.3e} "
-            f"{ips:.1f} img/s data {data_s:.3f}s mem {run.rt.memory_mb():.0f}MB eta {fmt_eta(eta)}")
+            f"{ips:.1f} img/s data {data_s:.3f}s mem {run.rt.memory_mb():.0f}MB eta {fmt_eta(eta)}"
+            + (f" faces over the cap made ignore boxes {run.over_cap_faces}" if run.over_cap_faces else ''))
     run.log.metrics(epoch=epoch, iter=run.it, lr=lr, img_s=ips, **vals)
 
 # %% ../nbs/17_train.ipynb #259140e7
@@ -676,6 +694,7 @@ def train_epoch(run:Run, loader, epoch:int, timer:PhaseTimer, meter:LossMeter, t
     for batch in loader:
         batch = to_device(batch, rt.device, channels_last(cfg, rt))
         data_s = time.perf_counter() - td; timer.mark('data')
+        run.over_cap_faces += batch.get('truncated_faces', 0)
         lr = run.sched.lr(run.it, epoch)
         terms, ok = train_step(run.model, run.raw, batch, run.opt, lr, rt, timer.mark)
         timer.end_iter()
@@ -698,7 +717,7 @@ def fit(run:Run) -> dict:
     cfg, rt, t = run.cfg, run.rt, run.mcfg.train
     run.model = wrap_model(cfg, rt, run.raw); run.raw.train()
     loader = build_loader(run.train_ds, run.bs, t.workers, cfg.seed, rt.rank, rt.world_size, collate_fn=run.collate_fn,
-                          pin_memory=rt.device.type != 'cpu')   # one loader, persistent workers, for the whole run
+                          pin_memory=rt.device.type != 'cpu', fill_last=run.static is not None)   # one loader, persistent workers, for the whole run
     timer, meter, t0 = PhaseTimer(rt, enabled=cfg.perf > 0), LossMeter(), time.perf_counter()
     for epoch in range(run.epoch, run.sched.epochs):
         loader.sampler.set_epoch(epoch, run.batch)
@@ -756,7 +775,7 @@ def add_train_args(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
     "One option per RunConfig field and per CONFIG_FLAGS config key, plus --set; help texts are the fields' comments."
     import typing
     hints, helps = typing.get_type_hints(RunConfig), field_docs(RunConfig)
-    choices = dict(amp=AMP_CHOICES, device=('auto', 'cpu', 'cuda', 'npu'), augment_on=AUGMENT_CHOICES, synth=SYNTH_CHOICES, recipe=RECIPES)
+    choices = dict(amp=AMP_CHOICES, device=('auto', 'cpu', 'cuda', 'npu'), augment_on=AUGMENT_CHOICES, synth=SYNTH_CHOICES, recipe=RECIPES, over_cap=OVER_CAP)
     for f in fields(RunConfig):
         if f.name == 'overrides': continue
         flag, h, d = '--' + f.name.replace('_', '-'), helps.get(f.name, '').replace('%', '%%'), f.default   # argparse formats %
