@@ -24,7 +24,11 @@ requirements = shlex.split(cfg.get('requirements', ''))
 # the architecture search (scrfd_nb.search): Optuna runs the study; psycopg is SQLAlchemy's PostgreSQL driver for
 # a study shared by machines (postgresql:// storage). An extra of its own, and part of dev, where the tests use both.
 search_requirements = shlex.split(cfg.get('search_requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', '')) + search_requirements
+# the other runtimes of the deployment benchmark (scrfd_nb.backends, scrfd_nb.benchmark): OpenVINO runs the exported
+# file on the CPU, NNCF makes its int8 model; ncnn (the phones' runtime) runs what pnnx converts. An extra of its own,
+# and part of dev, where the tests check them.
+deploy_requirements = shlex.split(cfg.get('deploy_requirements', ''))
+dev_requirements = shlex.split(cfg.get('dev_requirements', '')) + search_requirements + deploy_requirements
 # torch-npu pairs with the same torch release and needs Ascend CANN: without CANN it makes even
 # `import torch` fail, so it is an opt-in extra and never part of the default or dev installs.
 npu_requirements = ['torch-npu', 'pyyaml']
@@ -46,7 +50,8 @@ setup(
     packages=find_packages(include=[lib_path, lib_path + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'search': search_requirements, 'npu': npu_requirements},
+    extras_require={'dev': dev_requirements, 'search': search_requirements, 'deploy': deploy_requirements,
+                    'npu': npu_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires=requires_python,
     long_description=open('README.md', encoding='utf-8').read(),

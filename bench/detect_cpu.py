@@ -23,7 +23,7 @@ import torch
 from scrfd_nb.detect import detect
 from scrfd_nb.core import shared_file
 from scrfd_nb.model import load_model
-from scrfd_nb.export import OnnxDetector
+from scrfd_nb.backends import OnnxDetector
 from scrfd_nb.export import fuse_model
 
 

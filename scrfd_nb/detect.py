@@ -221,7 +221,7 @@ def onnx_outputs_to_flat(outputs:list, # 6 or 9 arrays: scores s8,s16,s32, bbox 
                          device=None) -> tuple: # scores (B, A_total), bbox (B, A_total, 4), kps (B, A_total, 10) or None
     "Official SCRFD ONNX outputs (ordered as exported) → flattened tensors for `postprocess_flat`."
     if len(outputs) not in (6, 9): raise ValueError(f"expected 6 or 9 ONNX outputs (3 strides), got {len(outputs)}")
-    t = [torch.as_tensor(np.asarray(o), device=device) for o in outputs]
+    t = [torch.as_tensor(o if torch.is_tensor(o) else np.asarray(o), device=device) for o in outputs]
     t = [o[None] if o.ndim == 2 else o for o in t]
     scores = torch.cat(t[0:3], 1)[..., 0]
     bbox = torch.cat(t[3:6], 1)
@@ -237,7 +237,7 @@ def _to_numpy(d:dict) -> tuple:
     return (d['boxes'].cpu().numpy(), d['scores'].cpu().numpy(), None if d['kps'] is None else d['kps'].cpu().numpy())
 
 @torch.no_grad()
-def detect_batch(model,                 # an `SCRFD` (any callable returning the raw head outputs)
+def detect_batch(model,                 # an `SCRFD` (any callable returning the raw head outputs), or a runtime's runner (`backends`)
                  images:list,           # BGR uint8 arrays (h, w, 3) or image paths
                  score_thr:float|None=None, nms_thr:float|None=None, # None: the convention's (insightface 0.5, 0.4)
                  input_size=640,        # network input: int or (W, H)
@@ -255,6 +255,10 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
         try: outs = model(x.to(dt) if dt.is_floating_point else x)
         finally:
             if was: model.train()
+        if getattr(model, 'export_layout', False):  # a runtime's runner: per level scores (sigmoid), boxes, keypoints
+            scores, bbox, kps = onnx_outputs_to_flat([t.float() for t in outs])
+            return postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr,
+                                    rescale=True, max_num=num, host=True)
         outs = tuple(None if o is None else [t.float() for t in o] for o in outs)
         return postprocess(outs, metas, mode, score_thr, nms_thr, rescale=True, max_num=num,
                            strides=tuple(getattr(model, 'strides', STRIDES)), host=True)

@@ -17,10 +17,10 @@ from .model import build_model, load_model
 
 
 # %% auto #0
-__all__ = ['GROUPNORM_MODES', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper', 'NativeGroupNorm',
-           'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session', 'run_onnx',
-           'check_graph', 'detect_onnx', 'OnnxDetector', 'to_fp16', 'calib_images', 'quantize_int8', 'check_export',
-           'main']
+__all__ = ['GROUPNORM_MODES', 'OPENVINO_INSTALL', 'NCNN_INSTALL', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper',
+           'NativeGroupNorm', 'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session',
+           'run_onnx', 'check_graph', 'detect_onnx', 'to_fp16', 'calib_images', 'calib_inputs', 'quantize_int8',
+           'quantize_openvino_int8', 'export_ncnn', 'check_export', 'main']
 
 # %% ../nbs/20_export.ipynb #125ff238
 def _fold_conv_bn(conv:nn.Conv2d, bn:nn.BatchNorm2d):
@@ -259,10 +259,11 @@ def export_onnx(model:nn.Module,         # SCRFD model (left untouched: BN is fo
     return out
 
 # %% ../nbs/20_export.ipynb #c5ff7486
-def onnx_session(path, providers=None):
-    "An onnxruntime session for `path` (CPU unless `providers` says otherwise), with ORT's log noise reduced."
+def onnx_session(path, providers=None, threads:int|None=None):
+    "An onnxruntime session for `path` (CPU unless `providers` says otherwise; `threads`: intra-op threads, None: onnxruntime's default), with ORT's log noise reduced."
     import onnxruntime as ort
     so = ort.SessionOptions(); so.log_severity_level = 3
+    if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
     return ort.InferenceSession(str(path), sess_options=so, providers=providers or ['CPUExecutionProvider'])
 
 def run_onnx(session, # an onnxruntime session or a path
@@ -308,26 +309,6 @@ def detect_onnx(session,               # onnxruntime session or path of an SCRFD
     d = postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr)[0]
     return (d['boxes'].numpy(), d['scores'].numpy(), None if d['kps'] is None else d['kps'].numpy())
 
-# %% ../nbs/20_export.ipynb #7818207b
-class OnnxDetector:
-    "A snapshot of an SCRFD model exported to ONNX and run by onnxruntime on the CPU; `detect` as `detect.detect`, one image."
-    def __init__(self, model:nn.Module,    # any SCRFD model (left untouched)
-                 threads:int|None=None,    # onnxruntime intra-op threads (None: onnxruntime's default)
-                ):
-        import tempfile, onnxruntime as ort
-        so = ort.SessionOptions(); so.log_severity_level = 3
-        if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-        with tempfile.TemporaryDirectory() as d:     # onnxruntime reads the file into memory
-            p = export_onnx(model, Path(d)/'model.onnx', shape=(640, 640))
-            self.session = ort.InferenceSession(str(p), sess_options=so, providers=['CPUExecutionProvider'])
-        self.threads, self.name = threads, getattr(getattr(model, 'cfg', None), 'name', None)
-    def __repr__(self): return f"OnnxDetector({self.name}, threads={self.threads})"
-    def detect(self, image_bgr,             # (h, w, 3) uint8 BGR array or an image path
-               score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface',
-              ) -> tuple:                   # boxes (N, 4), scores (N,), kps (N, 5, 2) or None; numpy
-        "Faces in one image, decoded exactly like `detect(model, image)`."
-        return detect_onnx(self.session, image_bgr, score_thr, nms_thr, input_size, mode)
-
 # %% ../nbs/20_export.ipynb #93f739b0
 def _toposort(graph):
     "Reorder `graph.node` so that every node comes after the producers of its inputs (the ONNX checker requires it)."
@@ -356,6 +337,18 @@ def calib_images(folder, limit:int|None=None) -> list[Path]:
     if not files: raise ValueError(f"{folder}: no calibration images (.jpg, .jpeg, .png, .bmp) inside")
     return files[:limit] if limit else files
 
+def calib_inputs(calib,                 # a folder of images, or a list of image paths
+                 num_images:int=32,     # of a folder: the first ones, sorted by path
+                 input_size=640,        # int or (W, H)
+                ):                      # yields (1, 3, H, W) float32 arrays
+    "The calibration inputs of every int8 conversion: each image through `detect.preprocess`, one at a time."
+    import cv2
+    files = calib if isinstance(calib, (list, tuple)) else calib_images(calib, num_images)
+    for f in files:
+        img = cv2.imread(str(f))
+        if img is None: raise ValueError(f"{f}: not a readable image")
+        yield preprocess([img], input_size)[0].numpy()
+
 def quantize_int8(src, dst,              # fp32 .onnx in, QDQ int8 .onnx out
                   calib,                 # a folder of images, or a list of image paths
                   num_images:int=32,     # calibration images used (the first ones, sorted by path)
@@ -363,19 +356,14 @@ def quantize_int8(src, dst,              # fp32 .onnx in, QDQ int8 .onnx out
                   per_channel:bool=True, # int8 weights per output channel (else per tensor)
                  ) -> Path:
     "Static int8 quantisation (onnxruntime, QDQ, MinMax) calibrated on images through `detect.preprocess`."
-    import tempfile, cv2
+    import tempfile
     from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from scrfd_nb.detect import preprocess
-    files = calib if isinstance(calib, (list, tuple)) else calib_images(calib, num_images)
     class Reader(CalibrationDataReader):
-        def __init__(self): self.it = iter(files)
+        def __init__(self): self.it = calib_inputs(calib, num_images, input_size)
         def get_next(self):
-            f = next(self.it, None)
-            if f is None: return None
-            img = cv2.imread(str(f))
-            if img is None: raise ValueError(f"{f}: not a readable image")
-            return {'input.1': preprocess([img], input_size)[0].numpy()}
+            x = next(self.it, None)
+            return None if x is None else {'input.1': x}
     import onnx
     with tempfile.TemporaryDirectory() as d:
         pre, m = Path(d)/'pre.onnx', onnx.load(str(src))
@@ -385,6 +373,42 @@ def quantize_int8(src, dst,              # fp32 .onnx in, QDQ int8 .onnx out
         quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=per_channel)
     return Path(dst)
+
+# %% ../nbs/20_export.ipynb #04dbdfb4
+OPENVINO_INSTALL = "pip install openvino nncf (or pip install 'scrfd_nb[deploy]')"
+
+def quantize_openvino_int8(src, dst,      # fp32 .onnx in, OpenVINO IR .xml out (its .bin beside it)
+                           calib, num_images:int=32, input_size=640, # as `quantize_int8`
+                          ) -> Path:
+    "Post-training int8 of an fp32 .onnx with NNCF (OpenVINO), calibrated on the inputs `quantize_int8` uses."
+    try: import openvino as ov, nncf
+    except ImportError as e: raise ImportError(f"OpenVINO int8 needs openvino and nncf ({e}): {OPENVINO_INSTALL}") from None
+    data = list(calib_inputs(calib, num_images, input_size))
+    q = nncf.quantize(ov.Core().read_model(str(src)), nncf.Dataset(data), subset_size=len(data))
+    ov.save_model(q, str(dst))
+    return Path(dst)
+
+# %% ../nbs/20_export.ipynb #069be983
+NCNN_INSTALL = "pip install ncnn pnnx"
+
+class _RawHeads(torch.nn.Module):
+    "The model's raw head outputs as one flat tuple (cls, bbox, kps per level): what pnnx can trace."
+    def __init__(self, model): super().__init__(); self.model = model
+    def forward(self, x):
+        cls, bbox, kps = self.model(x)
+        return tuple(cls) + tuple(bbox) + (tuple(kps) if kps is not None else ())
+
+def export_ncnn(model, out_dir, input_size:int=640) -> Path:
+    "pnnx: the BatchNorm-folded model as `model.ncnn.param` / `model.ncnn.bin` in `out_dir` (dynamic input size); the .param path."
+    try: import pnnx
+    except ImportError as e: raise ImportError(f"the ncnn export needs pnnx ({e}): {NCNN_INSTALL}") from None
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    net = _RawHeads(fuse_model(model)).eval()
+    x, x2 = torch.zeros(1, 3, input_size, input_size), torch.zeros(1, 3, input_size // 2, input_size // 2)
+    try: pnnx.export(net, str(out/'model.pt'), (x,), (x2,), fp16=False)
+    except SyntaxError: pass          # pnnx's own Python re-import of the traced module fails on ModuleDict keys; ncnn's files are written
+    if not (out/'model.ncnn.param').is_file(): raise RuntimeError(f"pnnx wrote no ncnn model in {out}")
+    return out/'model.ncnn.param'
 
 # %% ../nbs/20_export.ipynb #113961d0
 def check_export(model:nn.Module, path, shape=(640, 640), batch_size:int=1, legacy:bool=False, seed:int=0) -> float:

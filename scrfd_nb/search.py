@@ -292,7 +292,7 @@ class Heartbeat:
 def measure_latency(cfg:SCRFDConfig, input_hw:tuple, runs:int=20) -> float:
     "Median onnxruntime time (ms) of the exported candidate, batch 1, one thread, at `input_hw` (weights do not matter)."
     from scrfd_nb.model import build_model
-    from scrfd_nb.export import OnnxDetector
+    from scrfd_nb.backends import OnnxDetector
     sess = OnnxDetector(build_model(cfg).eval(), threads=1).session
     x = {sess.get_inputs()[0].name: np.zeros((1, 3, *input_hw), np.float32)}
     sess.run(None, x)

@@ -13,14 +13,13 @@ import torch
 from .anchors import STRIDES, feat_sizes_for
 from .config import DetectCfg
 from .detect import mmdet_resize, make_batch, postprocess_flat, merge_detections
-from .export import ExportWrapper, onnx_session, run_onnx
+from .backends import BACKENDS, load_runner, TorchRunner   # TorchRunner: train's evaluation imports it from here
 from .data import ImageList
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line
 
 # %% auto #0
-__all__ = ['GT_FOLDERS', 'test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'TorchRunner', 'OnnxRunner',
-           'load_runner', 'to_xywh', 'decode_batch', 'predict_widerface', 'merge_preds', 'compare_preds', 'score_preds',
-           'run_test', 'main']
+__all__ = ['GT_FOLDERS', 'test_sizes', 'resize_for_test', 'wider_split', 'list_images', 'to_xywh', 'decode_batch',
+           'predict_widerface', 'merge_preds', 'compare_preds', 'score_preds', 'run_test', 'main']
 
 # %% ../nbs/19_test_widerface.ipynb #5ce4428e
 def test_sizes(mode:int) -> tuple:
@@ -78,40 +77,6 @@ def list_images(images_dir, labelv2=None) -> list[tuple[str, str, Path]]:
         out.append((p.parent.name, p.stem, p))   # name without extension (the reference's rstrip('.jpg') strips characters)
     if not out: raise FileNotFoundError(f"no <event>/<image>.jpg files under {images_dir}")
     return out
-
-# %% ../nbs/19_test_widerface.ipynb #fdf7c1ef
-class TorchRunner:
-    "Our model (on `device`) returning the export layout for a batch."
-    def __init__(self, model, device='cpu'):
-        self.device = torch.device(device)
-        self.net = ExportWrapper(model.to(self.device).eval()).eval()
-    @torch.no_grad()
-    def __call__(self, x:torch.Tensor) -> list[torch.Tensor]: # (B, 3, H, W) → per level (B, rows, C)
-        return list(self.net(x.to(self.device)))
-
-class OnnxRunner:
-    "An SCRFD ONNX file run by onnxruntime, returning the export layout (as CPU tensors)."
-    def __init__(self, path, providers=None):
-        self.session, self.device = onnx_session(path, providers), 'cpu'
-        self.batched = len(self.session.get_outputs()[0].shape) == 3
-    def __call__(self, x:torch.Tensor) -> list[torch.Tensor]:
-        fixed = self.session.get_inputs()[0].shape[0]                    # an int for fixed-batch files
-        if self.batched and isinstance(fixed, int) and fixed not in (1, x.shape[0]):
-            raise ValueError(f"this ONNX file takes batches of exactly {fixed} images; run with --batch-size 1 or "
-                             "export it with dynamic axes")
-        if self.batched and not (isinstance(fixed, int) and fixed == 1 and x.shape[0] > 1):
-            return [torch.from_numpy(o) for o in run_onnx(self.session, x)]
-        outs = [run_onnx(self.session, x[i:i+1]) for i in range(x.shape[0])]
-        return [torch.from_numpy(np.concatenate(o)) for o in zip(*outs)]
-
-def load_runner(weights, config:str|None=None, device='cpu', backend:str='torch'):
-    "A runner for `weights`: loaded into our model (`backend='torch'`), or an ONNX file run by onnxruntime."
-    if backend == 'onnxruntime':
-        if Path(weights).suffix != '.onnx': raise ValueError(f"{weights}: --backend onnxruntime needs an .onnx file")
-        return OnnxRunner(weights)
-    if backend != 'torch': raise ValueError(f"unknown backend {backend!r}: torch or onnxruntime")
-    from scrfd_nb.model import load_model
-    return TorchRunner(load_model(weights, config), device)
 
 # %% ../nbs/19_test_widerface.ipynb #63f0aa46
 def _progress(total, desc):
@@ -277,8 +242,9 @@ def main(argv=None):
     ap.add_argument('--device', default='auto', help="auto, cpu, cuda, npu, ...")
     ap.add_argument('--config', default=None, help="variant name or config JSON file, when the weights do not say it (e.g. scrfd_2.5g)")
     ap.add_argument('--gt', default=None, help="ground truth: folder of wider_*_val.mat or a labelv2 file with boxes")
-    ap.add_argument('--backend', default='torch', choices=['torch', 'onnxruntime'],
-                    help="torch: load the weights into our model; onnxruntime: run an .onnx file as is")
+    ap.add_argument('--backend', default='torch', choices=BACKENDS, help="torch: our model in PyTorch (torch-fused: "
+                    "BatchNorm folded, channels-last; torch-compile: torch.compile); onnxruntime / openvino (f32) / "
+                    "openvino-bf16: an .onnx file as is, other weights exported first (see backends, 27_backends)")
     ap.add_argument('--json', default=None, help="also write the APs as JSON")
     ap.add_argument('--no-progress', action='store_true')
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')

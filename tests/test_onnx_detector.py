@@ -1,4 +1,4 @@
-"""export.OnnxDetector (the fast CPU path, issue 15 point 1): the same faces as detect(model, image) on real photos, keypoint
+"""backends.OnnxDetector (the fast CPU path, issue 15 point 1): the same faces as detect(model, image) on real photos, keypoint
 and group-norm official weights, two input sizes; a snapshot that does not follow later weight changes."""
 import cv2
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scrfd_nb.detect import detect
 from scrfd_nb.model import load_model
-from scrfd_nb.export import OnnxDetector
+from scrfd_nb.backends import OnnxDetector
 
 
 @pytest.mark.parametrize('model_file', ['det_2.5g.onnx', 'scrfd_500m.onnx'])

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from scrfd_nb.test_widerface import (wider_split, list_images, load_runner, predict_widerface, compare_preds,
-                                     resize_for_test)
+from scrfd_nb.backends import load_runner
+from scrfd_nb.test_widerface import wider_split, list_images, predict_widerface, compare_preds, resize_for_test
 from scrfd_nb.evaluate import read_pred_dir
 from scrfd_nb.detect import mmdet_resize, postprocess_flat
 from conftest import require_package
