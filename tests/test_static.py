@@ -24,7 +24,8 @@ from scrfd_nb.losses import build_targets, compute_loss, pad_targets
 from scrfd_nb.anchors import grid_anchors, feat_sizes_for
 from scrfd_nb.data import WiderFaceDataset, build_loader, collate
 from scrfd_nb.static import WholeStep, compile_counters, face_cap, static_shapes_on, STEP_INPUTS
-from scrfd_nb.train import compute_losses, LOSS_KEYS
+from scrfd_nb.train import compute_losses, train_step, LOSS_KEYS
+from scrfd_nb.runtime import Runtime, make_sgd
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_KEYS = ('assigned_gt_idx', 'fg_mask', 'max_overlaps', 'slot_level')   # (B, A) / (K,): shapes independent of the cap
@@ -103,20 +104,19 @@ def compiled_epoch(epoch_batches):
     "The batches through one WholeStep (aot_eager), with an SGD step after each; torch's counters around it."
     torch.manual_seed(0)
     net = build_model('scrfd_500m_bnkps').train()
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    step = WholeStep(net, partial(compute_losses, net), backend='aot_eager')
+    opt = make_sgd(net.parameters(), 1e-3)
+    rt = Runtime(torch.device('cpu'))
+    step = WholeStep(net, partial(compute_losses, net), rt.autocast, backend='aot_eager')   # what train.wrap_model builds
     torch._dynamo.reset()
     before, losses, grads0 = compile_counters(), [], None
     try:
         for i, b in enumerate(epoch_batches):
-            l = step(b)
-            opt.zero_grad(set_to_none=True)
-            sum(l[k] for k in LOSS_KEYS).backward()
+            terms, ok = train_step(step, net, b, opt, 1e-3, rt)             # the trainer's step: the WholeStep branch
+            assert ok
             if i == 0:
-                grads0 = [p.grad.clone() for p in net.parameters()]
+                grads0 = [p.grad.clone() for p in net.parameters()]     # at the initial weights (the step came after)
                 torch.compiler.set_stance('fail_on_recompile')      # any new graph from here on raises
-            losses.append({k: v.detach() for k, v in l.items()})
-            opt.step()
+            losses.append(terms)
         with pytest.raises(Exception, match='(?i)recompil'):     # the stance does catch a new shape
             b = epoch_batches[0]
             step({k: torch.cat([b[k], b[k][:, :1]], 1) if k != 'images' else b[k] for k in STEP_INPUTS})
