@@ -84,7 +84,7 @@ def test_torch_compile_parity(m500):
 
 
 def test_ncnn_finds_the_same_faces(m500, tmp_path):
-    "ncnn through pnnx, with ncnn's default (fp16) arithmetic: PyTorch's faces on the photos found again (the benchmark's rule)."
+    "ncnn through pnnx, with ncnn's default options (fp16 where the CPU has it): PyTorch's faces on the photos found again (the benchmark's rule)."
     require_package('ncnn', 'pip install ncnn pnnx'); require_package('pnnx', 'pip install ncnn pnnx')
     from scrfd_nb.backends import NcnnRunner
     from scrfd_nb.export import export_ncnn
