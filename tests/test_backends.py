@@ -96,3 +96,20 @@ def test_ncnn_finds_the_same_faces(m500, tmp_path):
     got = [det.detect(str(p))[:2] for p in photos]
     recall, err, n = photo_agreement(ref, got)
     assert n > 30 and recall >= 0.98 and err < 2.0, (recall, err, n)
+
+
+@pytest.mark.parametrize('backend', ['torch-fused', 'onnxruntime', 'openvino'])
+def test_widerface_prediction_on_every_backend(m500, backend, tmp_path):
+    "test_widerface --backend: the WIDER test path on each fp32 backend pairs every detection with PyTorch's (0.02 px, 1e-4)."
+    from scrfd_nb.test_widerface import list_images, predict_widerface, compare_preds
+    if backend == 'openvino': require_package('openvino', 'pip install openvino nncf')
+    shared, model = m500
+    (tmp_path/'images'/'e').mkdir(parents=True)
+    for p in calib_images(shared/'data'/'images'):
+        (tmp_path/'images'/'e'/p.name).symlink_to(p)
+    items = list_images(tmp_path/'images')
+    f = shared/'data'/'models'/'det_500m.onnx'
+    ref = predict_widerface(load_runner(f), items, mode=0, progress=False)
+    got = predict_widerface(load_runner(f, backend=backend), items, mode=0, progress=False)
+    c = compare_preds(ref, got, score_tol=1e-4)
+    assert c['detections'] > 100 and c['unmatched'] == 0 and c['max_box_diff'] < 0.02 and c['max_score_diff'] < 1e-4, c
