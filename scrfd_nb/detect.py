@@ -485,12 +485,6 @@ def _load(a, weights:Path):
     "The model of `--weights` on `--device`, errors as one line."
     try: dev = torch.device(a.device)
     except RuntimeError as e: raise UsageError(f'--device {a.device}: {one_line(e)}') from None
-    if a.backend != 'torch':   # another runtime (imported here: backends imports this module's decoder)
-        from scrfd_nb.backends import BACKENDS, load_runner
-        if a.backend not in BACKENDS: raise UsageError(f"--backend {a.backend!r}: expected one of {', '.join(BACKENDS)}")
-        try: return load_runner(weights, a.name, dev, a.backend)
-        except ImportError as e: raise UsageError(f'--backend {a.backend}: {one_line(e)}') from None
-        except Exception as e: raise RuntimeError(f'cannot load weights {weights} for --backend {a.backend}: {one_line(e)}') from e
     try: model = load_model(weights, a.name)
     except Exception as e: raise RuntimeError(f'cannot load weights {weights}: {one_line(e).removeprefix(f"{weights}: ")}') from e
     try: return model.to(dev).eval()
@@ -560,8 +554,6 @@ def main(argv=None):
     ap.add_argument('--no-progress', action='store_true', help='--video: no progress bar')
     ap.add_argument('--name', help='model variant or config JSON file, for weight files that do not say (e.g. scrfd_500m_bnkps)')
     ap.add_argument('--device', default='cpu', help='torch device (default cpu)')
-    ap.add_argument('--backend', default='torch', help='runtime: torch (default), torch-fused, torch-compile, onnxruntime, '
-                    'openvino, openvino-bf16 (scrfd_nb.backends; same decoding code for all)')
     ap.add_argument('--debug', action='store_true', help='show the full traceback of an error (or set SCRFD_DEBUG=1)')
     a = ap.parse_args(argv)
     weights = Path(a.weights)
