@@ -8,7 +8,8 @@ import importlib, tempfile
 from pathlib import Path
 import numpy as np
 import torch
-from .detect import detect
+from .inference import detect
+from .core import signal_stack_kept
 from .export import ExportWrapper, export_onnx, fuse_model, onnx_session, run_onnx, OPENVINO_INSTALL, NCNN_INSTALL
 from .model import load_model
 
@@ -74,7 +75,8 @@ class OpenVinoRunner:
         core = ov.Core()
         cfg = {'INFERENCE_PRECISION_HINT': precision}
         if threads: cfg['INFERENCE_NUM_THREADS'] = int(threads)
-        self.compiled = core.compile_model(core.read_model(str(path)), 'CPU', cfg)
+        with signal_stack_kept():   # the CPU plugin replaces this thread's signal stack with memory it may free
+            self.compiled = core.compile_model(core.read_model(str(path)), 'CPU', cfg)
         self.request, self.device, self.precision = self.compiled.create_infer_request(), 'cpu', precision
         self.batched = len(self.compiled.outputs[0].get_partial_shape()) == 3   # official 2-D files: image by image
     def _run(self, x) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 from .backends import (TorchRunner, OnnxRunner, OpenVinoRunner, TensorRtRunner, NcnnRunner, BackendUnavailable,
                                require, OPENVINO_INSTALL, TENSORRT_INSTALL, NCNN_INSTALL)
 from .export import export_onnx, to_fp16, quantize_int8, quantize_openvino_int8, export_ncnn, calib_images, fuse_model
-from .detect import detect, preprocess
+from .inference import detect, preprocess
 from .evaluate import greedy_match, load_gt
 from .test_widerface import wider_split, list_images, predict_widerface, score_preds, to_xywh
 from .model import load_model

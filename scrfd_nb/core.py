@@ -4,13 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #2910272d
 from __future__ import annotations
-import argparse, math, os, json, sys, tempfile, traceback
+import argparse, contextlib, ctypes, math, os, json, sys, tempfile, traceback
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
 __all__ = ['MEAN', 'STD', 'KPS_COLORS', 'CLI_ERRORS', 'UNIT', 'repo_root', 'shared_dir', 'shared_file', 'golden', 'bgr_to_input',
-           'UsageError', 'debug_requested', 'one_line', 'run_cli', 'in_range', 'same_path', 'check_output']
+           'UsageError', 'debug_requested', 'one_line', 'run_cli', 'in_range', 'same_path', 'check_output',
+           'signal_stack', 'signal_stack_kept']
 
 # %% ../nbs/00_core.ipynb #1e060253
 def repo_root() -> Path:
@@ -148,3 +149,24 @@ def check_output(path,           # an output path given on the command line
     if not p.parent.is_dir(): raise UsageError(f"{arg} {p}: folder {p.parent} does not exist")
     _probe(p.parent, arg, p)
     return p
+
+# %% ../nbs/00_core.ipynb #774fa41a
+class _SigStack(ctypes.Structure):
+    _fields_ = [('ss_sp', ctypes.c_void_p), ('ss_flags', ctypes.c_int), ('ss_size', ctypes.c_size_t)]
+
+def signal_stack() -> tuple|None:
+    "This thread's alternate signal stack as (address, flags, size); None where `sigaltstack` is not available."
+    try: libc = ctypes.CDLL(None)
+    except OSError: return None
+    st = _SigStack()
+    if not hasattr(libc, 'sigaltstack') or libc.sigaltstack(None, ctypes.byref(st)) != 0: return None
+    return (st.ss_sp or 0, st.ss_flags, st.ss_size)
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    "Run the block, then restore this thread's alternate signal stack if the block replaced it (OpenVINO's compile does)."
+    before = signal_stack()
+    try: yield
+    finally:
+        if before is not None and signal_stack() != before:
+            ctypes.CDLL(None).sigaltstack(ctypes.byref(_SigStack(*before)), None)

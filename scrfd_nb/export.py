@@ -11,8 +11,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from .anchors import STRIDES, flatten_level, feat_sizes_for
-from .core import UsageError, run_cli, in_range, check_output, one_line
-from .detect import preprocess, postprocess_flat, onnx_outputs_to_flat
+from .core import UsageError, run_cli, in_range, check_output, one_line, signal_stack_kept
+from .inference import preprocess, postprocess_flat, onnx_outputs_to_flat
 from .model import build_model, load_model
 
 
@@ -384,7 +384,8 @@ def quantize_openvino_int8(src, dst,      # fp32 .onnx in, OpenVINO IR .xml out 
     try: import openvino as ov, nncf
     except ImportError as e: raise ImportError(f"OpenVINO int8 needs openvino and nncf ({e}): {OPENVINO_INSTALL}") from None
     data = list(calib_inputs(calib, num_images, input_size))
-    q = nncf.quantize(ov.Core().read_model(str(src)), nncf.Dataset(data), subset_size=len(data))
+    with signal_stack_kept():   # NNCF compiles with OpenVINO's CPU plugin, which replaces this thread's signal stack
+        q = nncf.quantize(ov.Core().read_model(str(src)), nncf.Dataset(data), subset_size=len(data))
     ov.save_model(q, str(dst))
     return Path(dst)
 

@@ -12,7 +12,7 @@ import cv2
 import torch
 from .anchors import STRIDES, feat_sizes_for
 from .config import DetectCfg
-from .detect import mmdet_resize, make_batch, postprocess_flat, merge_detections
+from .inference import mmdet_resize, make_batch, postprocess_flat, merge_detections
 from .backends import BACKENDS, load_runner, TorchRunner   # TorchRunner: train's evaluation imports it from here
 from .data import ImageList
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line

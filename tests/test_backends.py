@@ -113,3 +113,40 @@ def test_widerface_prediction_on_every_backend(m500, backend, tmp_path):
     got = predict_widerface(load_runner(f, backend=backend), items, mode=0, progress=False)
     c = compare_preds(ref, got, score_tol=1e-4)
     assert c['detections'] > 100 and c['unmatched'] == 0 and c['max_box_diff'] < 0.02 and c['max_score_diff'] < 1e-4, c
+
+
+def test_detect_command_backend(m500, tmp_path, capsys):
+    "`python -m scrfd_nb.detect --backend B`: the same faces as the default PyTorch path (1e-3 px, 1e-5); a bad name: one line, exit 2."
+    import json
+    from scrfd_nb.core import run_cli
+    from scrfd_nb.detect import main
+    d, _ = m500
+    img, w = d/'data'/'images'/'solvay_conference_1927.jpg', d/'data'/'models'/'det_500m.onnx'
+    out = {}
+    for b in ('torch', 'onnxruntime', 'openvino'):
+        if b == 'openvino': require_package('openvino', 'pip install openvino')
+        main(['--weights', str(w), '--image', str(img), '--json', str(tmp_path/f'{b}.json'), '--backend', b])
+        out[b] = json.loads((tmp_path/f'{b}.json').read_text())
+    assert len(out['torch']) >= 20
+    for b in ('onnxruntime', 'openvino'):
+        assert len(out[b]) == len(out['torch'])
+        for f, r in zip(out[b], out['torch']):
+            np.testing.assert_allclose(f['box'], r['box'], atol=1e-3); np.testing.assert_allclose(f['score'], r['score'], atol=1e-5)
+    capsys.readouterr()
+    assert run_cli(main, ['--weights', str(w), '--image', str(img), '--backend', 'tensorrtx']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--backend' in err[0] and 'tensorrtx' in err[0], err
+
+
+def test_openvino_leaves_the_signal_stack(m500):
+    "OpenVINO's compile replaces the calling thread's alternate signal stack with memory it may free (a later handled"
+    " signal, e.g. SIGCHLD, then crashes the process): the runner puts the previous one back."
+    require_package('openvino', 'pip install openvino')
+    from scrfd_nb.backends import OpenVinoRunner
+    from scrfd_nb.core import signal_stack
+    d, _ = m500
+    if signal_stack() is None: pytest.skip('no sigaltstack on this platform')
+    before = signal_stack()
+    r = OpenVinoRunner(d/'data'/'models'/'det_500m.onnx', 'f32')
+    r(torch.zeros(1, 3, 64, 64))
+    assert signal_stack() == before
