@@ -24,7 +24,7 @@ from scrfd_nb.evaluate import evaluate_widerface, greedy_match, load_gt_labelv2,
 from scrfd_nb.export import export_onnx, to_fp16, quantize_int8, calib_images, detect_onnx
 from scrfd_nb.model import load_model
 from scrfd_nb.synthetic import ensure_synthetic
-from scrfd_nb.test_widerface import to_xywh
+from scrfd_nb.predict import to_xywh
 
 
 def session(path, threads):

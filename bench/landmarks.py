@@ -17,7 +17,7 @@ from scrfd_nb.core import shared_file
 from scrfd_nb.evaluate import write_pred_dir, load_gt_labelv2
 from scrfd_nb.model import load_model
 from scrfd_nb.synthetic import ensure_synthetic
-from scrfd_nb.test_widerface import to_xywh
+from scrfd_nb.predict import to_xywh
 
 
 def predict(model, images_dir, gt, score_thr=0.02, nms_thr=0.4, input_size=640):

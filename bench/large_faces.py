@@ -22,7 +22,7 @@ from scrfd_nb.core import shared_file
 from scrfd_nb.evaluate import load_gt_labelv2, threshold_curves, evaluate_by_size, curves_summary
 from scrfd_nb.synthetic import make_synthetic_widerface, Scene
 from scrfd_nb.backends import TorchRunner
-from scrfd_nb.test_widerface import predict_widerface, list_images
+from scrfd_nb.predict import predict_widerface, list_images
 from scrfd_nb.model import load_model
 
 REAL = ('0--Parade/0_Parade_marchingband_1_20.jpg', '19--Couple/19_Couple_Couple_19_743.jpg')

@@ -14,7 +14,7 @@ from .backends import (TorchRunner, OnnxRunner, OpenVinoRunner, TensorRtRunner, 
 from .export import export_onnx, to_fp16, quantize_int8, quantize_openvino_int8, export_ncnn, calib_images, fuse_model
 from .inference import detect, preprocess
 from .evaluate import greedy_match, load_gt
-from .test_widerface import wider_split, list_images, predict_widerface, score_preds, to_xywh
+from .predict import wider_split, list_images, predict_widerface, score_preds, to_xywh
 from .model import load_model
 from .core import UsageError, run_cli, in_range, check_output, one_line
 

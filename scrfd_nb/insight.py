@@ -272,7 +272,7 @@ def records_gt(records:list) -> WiderGT:
 def model_report(records:list, images, weights, score_thr:float=0.5, mode:int=0, config=None, progress:bool=False) -> dict:
     "A trained model on the labelled images (the WIDER prediction path, `test_widerface.predict_widerface`): threshold curves and recall by size."
     from scrfd_nb.backends import load_runner
-    from scrfd_nb.test_widerface import predict_widerface
+    from scrfd_nb.predict import predict_widerface
     items = [(Path(r['file']).parent.name, Path(r['file']).stem, Path(images)/r['file']) for r in records if (Path(images)/r['file']).is_file()]
     failed = []
     preds = predict_widerface(load_runner(weights, config), items, mode, progress=progress, failed=failed)

@@ -22,7 +22,8 @@ from functools import partial
 from .data import WiderFaceDataset, collate, batch_to, build_loader, batches_per_epoch
 from .gpu_augment import DecodeOnlyPipeline, collate_decoded, device_augment_batch
 from .synthetic import Scene, ensure_synthetic
-from .test_widerface import TorchRunner, wider_split, list_images, predict_widerface, score_preds
+from .backends import TorchRunner
+from .predict import wider_split, list_images, predict_widerface, score_preds
 from .static import OVER_CAP, StaticShapes, static_shapes_on, face_cap, describe, WholeStep
 from . import evaluate as E
 

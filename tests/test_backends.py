@@ -101,7 +101,7 @@ def test_ncnn_finds_the_same_faces(m500, tmp_path):
 @pytest.mark.parametrize('backend', ['torch-fused', 'onnxruntime', 'openvino'])
 def test_widerface_prediction_on_every_backend(m500, backend, tmp_path):
     "test_widerface --backend: the WIDER test path on each fp32 backend pairs every detection with PyTorch's (0.02 px, 1e-4)."
-    from scrfd_nb.test_widerface import list_images, predict_widerface, compare_preds
+    from scrfd_nb.predict import list_images, predict_widerface, compare_preds
     if backend == 'openvino': require_package('openvino', 'pip install openvino nncf')
     shared, model = m500
     (tmp_path/'images'/'e').mkdir(parents=True)

@@ -11,7 +11,7 @@ from scrfd_nb.backends import OnnxRunner
 from scrfd_nb.core import run_cli
 from scrfd_nb.export import calib_images, export_onnx
 from scrfd_nb.model import load_model
-from scrfd_nb.test_widerface import list_images
+from scrfd_nb.predict import list_images
 from conftest import require_shared, require_package
 
 EXACT = [('pytorch fused+cl', 'fp32'), ('onnxruntime', 'fp32'), ('openvino', 'fp32')]

@@ -123,7 +123,7 @@ def test_official_det_500m_on_synthetic_faces(tmp_path, shared):
     import cv2
     from scrfd_nb.model import load_model
     from scrfd_nb.synthetic import ensure_synthetic
-    from scrfd_nb.test_widerface import to_xywh
+    from scrfd_nb.predict import to_xywh
     root = ensure_synthetic(tmp_path/'s', num_train=0, num_val=3, seed=0, preset='small')
     gt = load_gt_labelv2(root/'val'/'labelv2.txt')
     model = load_model(shared/'data'/'models'/'det_500m.onnx')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scrfd_nb.backends import load_runner
-from scrfd_nb.test_widerface import wider_split, list_images, predict_widerface, compare_preds, resize_for_test
+from scrfd_nb.predict import wider_split, list_images, predict_widerface, compare_preds, resize_for_test
 from scrfd_nb.evaluate import read_pred_dir
 from scrfd_nb.detect import mmdet_resize, postprocess_flat
 from conftest import require_package
