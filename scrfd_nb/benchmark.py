@@ -124,51 +124,54 @@ def benchmark(model,                 # the SCRFD model (fp32, eval)
               log=print,
              ) -> list[dict]:        # one dict per row (see `to_json`)
     "Export `model` to every runtime of `rows`, measure each and give each a status (`row_status`)."
+    threads_before = torch.get_num_threads()   # a library call: the process keeps its own thread count
     torch.set_num_threads(cfg.threads)
-    Path(work).mkdir(parents=True, exist_ok=True)
-    ctx = _Ctx(model, work, calib, cfg)
-    imgs = [preprocess([p], cfg.input_size)[0] for p in photos]
-    out, live = [], {}
-    for key in rows:
-        row = dict(runtime=key[0], precision=key[1], threads=cfg.threads)
-        out.append(row)
-        t = time.perf_counter()
-        try:
-            runner, f = BUILDERS[key](ctx)
-            row['file_mb'] = Path(f).stat().st_size / 2**20 + (Path(f).with_suffix('.bin').stat().st_size / 2**20 if Path(f).suffix in ('.xml', '.param') else 0)
-            preds = predict_widerface(runner, items, cfg.input_size, progress=False)
-            row.update({f'ap_{k}': v for k, v in score_preds(preds, gt).items()})
-            row['dets'] = [detect(runner, str(p), score_thr=cfg.photo_thr, input_size=cfg.input_size)[:2] for p in photos]
-            live[key] = runner
-        except BackendUnavailable as e: row['skip'] = one_line(e)
-        except Exception as e: row['error'] = f"{type(e).__name__}: {one_line(e)}"
-        log(f"{key[0]} {key[1]}: {'skipped' if 'skip' in row else 'error' if 'error' in row else 'measured'} "
-            f"in {time.perf_counter() - t:.1f} s", )
-    ref = out[0] if 'dets' in out[0] else None
-    for row in out:
-        if 'dets' in row and ref is not None:
-            row['recall'], row['max_box_err_px'], row['faces'] = photo_agreement(ref['dets'], row['dets'])
-    lat = {k: [] for k in live}
-    x1, xb = imgs[0], torch.cat([imgs[i % len(imgs)] for i in range(cfg.batch)])
-    for k, r in list(live.items()):                 # warm-up (and torch.compile's compilation); a failing run fails the row
-        try:
-            for _ in range(2): r(x1)
-            r(xb)
-        except Exception as e:
-            next(o for o in out if (o['runtime'], o['precision']) == k)['error'] = f"{type(e).__name__}: {one_line(e)}"
-            del live[k]; del lat[k]
-    thr = {k: [] for k in live}
-    for i in range(max(cfg.runs, cfg.batch_runs)):
-        for k, r in live.items():
-            if i < cfg.runs: lat[k].append(_timed(r, x1))
-            if i < cfg.batch_runs: thr[k].append(_timed(r, xb))
-    for row in out:
-        k = (row['runtime'], row['precision'])
-        if k in live:
-            row['latency_ms'] = statistics.median(lat[k])
-            row['throughput_ips'] = cfg.batch * 1e3 / statistics.median(thr[k])
-        row['status'] = row_status(row, ref, cfg)
-    return out
+    try:
+        Path(work).mkdir(parents=True, exist_ok=True)
+        ctx = _Ctx(model, work, calib, cfg)
+        imgs = [preprocess([p], cfg.input_size)[0] for p in photos]
+        out, live = [], {}
+        for key in rows:
+            row = dict(runtime=key[0], precision=key[1], threads=cfg.threads)
+            out.append(row)
+            t = time.perf_counter()
+            try:
+                runner, f = BUILDERS[key](ctx)
+                row['file_mb'] = Path(f).stat().st_size / 2**20 + (Path(f).with_suffix('.bin').stat().st_size / 2**20 if Path(f).suffix in ('.xml', '.param') else 0)
+                preds = predict_widerface(runner, items, cfg.input_size, progress=False)
+                row.update({f'ap_{k}': v for k, v in score_preds(preds, gt).items()})
+                row['dets'] = [detect(runner, str(p), score_thr=cfg.photo_thr, input_size=cfg.input_size)[:2] for p in photos]
+                live[key] = runner
+            except BackendUnavailable as e: row['skip'] = one_line(e)
+            except Exception as e: row['error'] = f"{type(e).__name__}: {one_line(e)}"
+            log(f"{key[0]} {key[1]}: {'skipped' if 'skip' in row else 'error' if 'error' in row else 'measured'} "
+                f"in {time.perf_counter() - t:.1f} s", )
+        ref = out[0] if 'dets' in out[0] else None
+        for row in out:
+            if 'dets' in row and ref is not None:
+                row['recall'], row['max_box_err_px'], row['faces'] = photo_agreement(ref['dets'], row['dets'])
+        lat = {k: [] for k in live}
+        x1, xb = imgs[0], torch.cat([imgs[i % len(imgs)] for i in range(cfg.batch)])
+        for k, r in list(live.items()):                 # warm-up (and torch.compile's compilation); a failing run fails the row
+            try:
+                for _ in range(2): r(x1)
+                r(xb)
+            except Exception as e:
+                next(o for o in out if (o['runtime'], o['precision']) == k)['error'] = f"{type(e).__name__}: {one_line(e)}"
+                del live[k]; del lat[k]
+        thr = {k: [] for k in live}
+        for i in range(max(cfg.runs, cfg.batch_runs)):
+            for k, r in live.items():
+                if i < cfg.runs: lat[k].append(_timed(r, x1))
+                if i < cfg.batch_runs: thr[k].append(_timed(r, xb))
+        for row in out:
+            k = (row['runtime'], row['precision'])
+            if k in live:
+                row['latency_ms'] = statistics.median(lat[k])
+                row['throughput_ips'] = cfg.batch * 1e3 / statistics.median(thr[k])
+            row['status'] = row_status(row, ref, cfg)
+        return out
+    finally: torch.set_num_threads(threads_before)
 
 # %% ../nbs/28_benchmark.ipynb #41e8017d
 FIELDS = ('runtime', 'precision', 'file_mb', 'ap_easy', 'ap_medium', 'ap_hard', 'recall', 'max_box_err_px', 'faces',
