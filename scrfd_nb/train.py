@@ -108,7 +108,7 @@ class RunConfig:
     static_shapes:bool|None=None    # every batch the same shapes (a fixed face count per image, every batch full) so that one compiled graph serves the run; None: on NPU devices, and with --compile-step or --max-faces
     max_faces:int|None=None         # with static shapes: faces per image (the cap); None: the training set's maximum
     over_cap:str='ignore'           # with static shapes, an image with more faces than the cap: ignore (its largest kept, the others become ignore boxes, counted in the log) or refuse (stop before training, naming the image)
-    channels_last:bool|None=None    # channels-last memory format; None: on accelerators only (on the CPU it takes `PreciseBatchNorm2d`, 1.3-1.6x the NCHW step and closer to the exact gradient than the reference, but not the reference's rounding, which NCHW replays: bench/RESULTS.md)
+    channels_last:bool|None=None    # channels-last memory format; None: on accelerators only (on the CPU it takes `PreciseBatchNorm2d`, 1.25-1.55x the NCHW step and closer to the exact gradient than the reference, but not the reference's rounding, which NCHW replays: bench/RESULTS.md)
     sync_bn:bool=False              # synchronise BatchNorm statistics across processes (the reference keeps them per process)
     fused:bool|None=None            # fused SGD where the device has one (CUDA, Ascend NpuFusedSGD); None: on for CUDA
     augment_on:str='auto'           # where the augmentation's pixel work runs: cpu (loader workers, OpenCV), device (batched on the training device; the workers only decode and draw the random decisions), auto: device on accelerators
