@@ -14,8 +14,8 @@ from .export import ExportWrapper, export_onnx, fuse_model, onnx_session, run_on
 from .model import load_model
 
 # %% auto #0
-__all__ = ['TENSORRT_INSTALL', 'BACKENDS', 'BackendUnavailable', 'require', 'TorchRunner', 'OnnxRunner', 'OpenVinoRunner',
-           'TensorRtRunner', 'NcnnRunner', 'runner_for', 'load_runner', 'Detector', 'OnnxDetector']
+__all__ = ['TENSORRT_INSTALL', 'BACKENDS', 'BackendUnavailable', 'require', 'TorchRunner', 'onnx_class_names', 'OnnxRunner',
+           'OpenVinoRunner', 'TensorRtRunner', 'NcnnRunner', 'runner_for', 'load_runner', 'Detector', 'OnnxDetector']
 
 # %% ../nbs/27_backends.ipynb #d1c6ae4e
 class BackendUnavailable(RuntimeError):
@@ -39,7 +39,7 @@ class TorchRunner:
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = ExportWrapper(net).eval()
         if channels_last: net = net.to(memory_format=self.fmt)
-        self.compiled = compile
+        self.compiled, self.cfg = compile, getattr(model, 'cfg', None)   # the configuration: class names, class-agnostic NMS
         self.net = torch.compile(net, dynamic=False) if compile else net
     @torch.no_grad()
     def __call__(self, x:torch.Tensor) -> list[torch.Tensor]: # (B, 3, H, W) → per level (B, rows, C)
@@ -49,12 +49,18 @@ class TorchRunner:
         with ic.patch(freezing=True): return list(self.net(x))  # weights folded as constants at compile time
 
 # %% ../nbs/27_backends.ipynb #ce47e754
+def onnx_class_names(meta:dict) -> tuple|None:
+    "The class names an export of a multi-class model recorded (`export.export_metadata`), or None (a face model)."
+    import json
+    return tuple(json.loads(meta['class_names'])) if meta.get('class_names') else None
+
 class OnnxRunner:
     "An SCRFD ONNX file run by onnxruntime, returning the export layout (as CPU tensors)."
     export_layout = True
     def __init__(self, path, providers=None, threads:int|None=None):
         self.session, self.device = onnx_session(path, providers, threads), 'cpu'
         self.batched = len(self.session.get_outputs()[0].shape) == 3
+        self.class_names = onnx_class_names(self.session.get_modelmeta().custom_metadata_map)
     def __call__(self, x:torch.Tensor) -> list[torch.Tensor]:
         fixed = self.session.get_inputs()[0].shape[0]                    # an int for fixed-batch files
         if self.batched and isinstance(fixed, int) and fixed not in (1, x.shape[0]):
@@ -75,9 +81,12 @@ class OpenVinoRunner:
         core = ov.Core()
         cfg = {'INFERENCE_PRECISION_HINT': precision}
         if threads: cfg['INFERENCE_NUM_THREADS'] = int(threads)
+        model, key = core.read_model(str(path)), ['framework', 'class_names']   # ONNX metadata lands under 'framework'
+        meta = {'class_names': model.get_rt_info(key).astype(str)} if model.has_rt_info(key) else {}
         with signal_stack_kept():   # the CPU plugin replaces this thread's signal stack with memory it may free
-            self.compiled = core.compile_model(core.read_model(str(path)), 'CPU', cfg)
+            self.compiled = core.compile_model(model, 'CPU', cfg)
         self.request, self.device, self.precision = self.compiled.create_infer_request(), 'cpu', precision
+        self.class_names = onnx_class_names(meta)
         self.batched = len(self.compiled.outputs[0].get_partial_shape()) == 3   # official 2-D files: image by image
     def _run(self, x) -> list[torch.Tensor]:
         res = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})

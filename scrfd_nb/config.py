@@ -9,9 +9,10 @@ from pathlib import Path
 from dataclasses import dataclass, field, fields, replace, is_dataclass, asdict
 
 # %% auto #0
-__all__ = ['PRESETS', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg', 'TrainCfg',
-           'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'is_config_file',
-           'read_config_file', 'write_config_file', 'config_overrides', 'config_to_dict', 'config_from_dict']
+__all__ = ['KPS_FLIP', 'PRESETS', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg',
+           'TrainCfg', 'field_docs', 'SCRFDConfig', 'flip_permutation', 'kps_flip', 'class_names', 'config_key',
+           'apply_overrides', 'get_config', 'is_config_file', 'read_config_file', 'write_config_file',
+           'config_overrides', 'config_to_dict', 'config_from_dict']
 
 # %% ../nbs/01_config.ipynb #31defda8
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ class HeadCfg:
     strides_share:bool=True         # one tower + predictors for all levels (else one per stride)
     dw_conv:bool=False              # depthwise-separable tower units
     scale_mode:int=2                # reference rule: Scale per level iff scale_mode>0 and (strides_share or scale_mode==2)
-    use_kps:bool=False              # 5-point keypoint branch
-    num_classes:int=1
+    use_kps:bool=False              # keypoint branch (`kps_points` points per object)
+    kps_points:int=5                # points per object when use_kps: 5 face landmarks, 4 card corners, 17 COCO person joints...
+    num_classes:int=1               # object classes C (1: faces)
     strides:tuple=(8, 16, 32)
     base_sizes:tuple=(16, 64, 256)  # anchor base size per level, px
     anchor_scales:tuple=(1, 2)
@@ -50,6 +52,10 @@ class HeadCfg:
     def num_anchors(self) -> int:
         "Anchors per location: one per scale (ratio 1)."
         return len(self.anchor_scales)
+    @property
+    def num_kps(self) -> int:
+        "Keypoints K each anchor predicts: `kps_points` with the keypoint branch, 0 without."
+        return self.kps_points if self.use_kps else 0
     @property
     def use_scale(self) -> bool:
         "Whether each level multiplies its bbox output by a learnable `Scale` (spec §1.1 `scale_mode` rule)."
@@ -76,6 +82,7 @@ class LossCfg:
     bbox_weight:float=2.0           # DIoU
     kps_weight:float=0.1            # SmoothL1
     kps_beta:float=1/9
+    kps_visibility:str='face'       # 'face': the reference's weight, the object's mean visibility on all its points; 'point': each point by its own (partly annotated objects)
 
 @dataclass(frozen=True)
 class DetectCfg:
@@ -83,6 +90,7 @@ class DetectCfg:
     score_thr:float=0.02            # keep score > thr
     nms_thr:float=0.45              # suppress IoU > thr (no +1)
     input_size:int=640              # square network input of the test (train-time evaluation uses data.img_size)
+    class_agnostic:bool=False       # one NMS over all classes (default: NMS per class; the same for one class)
 
 @dataclass(frozen=True)
 class DataCfg:
@@ -93,6 +101,8 @@ class DataCfg:
     mean:tuple=(127.5, 127.5, 127.5) # RGB
     std:tuple=(128.0, 128.0, 128.0)
     flip_ratio:float=0.5
+    flip_idx:tuple=()               # keypoint i becomes keypoint flip_idx[i] under a horizontal flip; () = the face order (1, 0, 2, 4, 3) for 5 points, none needed for 0
+    class_names:tuple=()            # a name per class for logs and drawings; () = ('face',) for one class, 'class0', 'class1', ... otherwise
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -148,6 +158,35 @@ class SCRFDConfig:
     def to_dict(self) -> dict:
         "Nested plain dict (tuples kept), e.g. for a checkpoint or JSON."
         return asdict(self)
+
+# %% ../nbs/01_config.ipynb #41caf474
+KPS_FLIP = (1, 0, 2, 4, 3)  # face landmarks: left/right eye and mouth corners swap under a horizontal flip
+
+def flip_permutation(flip_idx:tuple, # `data.flip_idx` (() for the default)
+                     K:int,           # keypoints per object
+                     flip_ratio:float=0.5) -> tuple:
+    "Which point each point becomes under a horizontal flip: `flip_idx`, else the face order (K = 5), else none needed (K = 0 or no flips)."
+    p = tuple(flip_idx)
+    if not p:
+        if K == 5: return KPS_FLIP
+        if K == 0 or flip_ratio == 0: return tuple(range(K))
+        raise ValueError(f"data.flip_idx: the model has {K} keypoints per object; say which becomes which under a "
+                         f"horizontal flip (flip_idx, as ultralytics' data YAML), or set data.flip_ratio=0")
+    if sorted(p) != list(range(K)):
+        raise ValueError(f"data.flip_idx {p} is not a permutation of 0..{K - 1} (the model has {K} keypoints)")
+    return p
+
+def kps_flip(cfg:SCRFDConfig) -> tuple:
+    "`flip_permutation` of `cfg`: its `data.flip_idx` for the model's K."
+    return flip_permutation(cfg.data.flip_idx, cfg.model.head.num_kps, cfg.data.flip_ratio)
+
+def class_names(cfg:SCRFDConfig) -> tuple:
+    "A name per class: `data.class_names`, or 'face' for one class and 'class0', 'class1', ... for several."
+    C, n = cfg.model.head.num_classes, tuple(cfg.data.class_names)
+    if C < 1: raise ValueError(f"model.head.num_classes must be >= 1, got {C}")
+    if not n: return ('face',) if C == 1 else tuple(f'class{i}' for i in range(C))
+    if len(n) != C: raise ValueError(f"data.class_names has {len(n)} names for {C} classes: {n}")
+    return n
 
 # %% ../nbs/01_config.ipynb #fe2db390
 def _resnet(blocks, planes, stem, block='basic') -> BackboneCfg:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import cv2
 import torch
-from .transforms import TrainPipeline, read_image, ImageError
+from .transforms import TrainPipeline, read_image, ImageError, kps_array
 from .core import UsageError, run_cli, in_range, debug_requested
 
 # %% auto #0
@@ -328,25 +328,28 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
     for i, im in enumerate(imgs): images[i].copy_(im)
     n = [len(b['gt_bboxes']) for b in batch]
     G = max(n) if pad_to is None else pad_to
-    boxes, kps = torch.zeros((B, G, 4)), torch.zeros((B, G, 5, 3))
-    mask = torch.zeros((B, G), dtype=torch.bool)
+    K = kps_array(batch[0]['gt_keypoints'], n[0]).shape[1]       # keypoints per object: the same for the whole dataset
+    boxes, kps = torch.zeros((B, G, 4)), torch.zeros((B, G, K, 3))
+    mask, labels = torch.zeros((B, G), dtype=torch.bool), torch.zeros((B, G), dtype=torch.long)
     truncated, ignores = 0, [np.asarray(b['gt_bboxes_ignore'], np.float32).reshape(-1, 4) for b in batch]
     for i, b in enumerate(batch):
-        bb, kk = np.asarray(b['gt_bboxes'], np.float32).reshape(-1, 4), np.asarray(b['gt_keypoints'], np.float32).reshape(-1, 5, 3)
+        bb = np.asarray(b['gt_bboxes'], np.float32).reshape(-1, 4)
+        kk, ll = kps_array(b['gt_keypoints'], len(bb)), np.asarray(b.get('gt_labels', np.zeros(len(bb))), np.int64).reshape(-1)
         if len(bb) > G:  # keep the G largest faces; the others become ignore boxes
             order = np.argsort(-(bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1]), kind='stable')
             keep, rest = np.sort(order[:G]), np.sort(order[G:])
             truncated += len(bb) - G; ignores[i] = np.concatenate([ignores[i], bb[rest]])
-            bb, kk = bb[keep], kk[keep]
+            bb, kk, ll = bb[keep], kk[keep], ll[keep]
         boxes[i, :len(bb)] = torch.from_numpy(bb); kps[i, :len(bb)] = torch.from_numpy(kk); mask[i, :len(bb)] = True
+        labels[i, :len(bb)] = torch.from_numpy(ll)
     metas = [b.get('meta', {}) for b in batch]
-    return dict(images=images, gt_boxes=boxes, gt_kps=kps, gt_mask=mask,
+    return dict(images=images, gt_boxes=boxes, gt_kps=kps, gt_mask=mask, gt_labels=labels,
                 gt_boxes_ignore=[torch.from_numpy(ig) for ig in ignores],
                 metas=metas, skipped=[s for m in metas for s in m.get('skipped', [])],
                 crop_fallbacks=sum(bool(m.get('crop_fallback')) for m in metas), truncated_faces=truncated)
 
 # %% ../nbs/11_data.ipynb #b47c7d02
-BATCH_TENSORS = ('images', 'gt_boxes', 'gt_kps', 'gt_mask', 'photo')   # what a training step reads on the device
+BATCH_TENSORS = ('images', 'gt_boxes', 'gt_kps', 'gt_mask', 'gt_labels', 'photo')   # what a training step reads on the device
 
 def batch_to(batch:dict, device, keys=BATCH_TENSORS) -> dict:
     "A shallow copy of a collated batch with its tensors under `keys` on `device` (non-blocking); other entries unchanged."

@@ -5,6 +5,7 @@
 # %% ../nbs/08b_detect_cli.ipynb #7f58aab0
 from __future__ import annotations
 import argparse, json, sys
+from collections import Counter
 from pathlib import Path
 import cv2
 import torch
@@ -40,16 +41,21 @@ def _detect_images(a, model, src:Path, files:list, folder:bool, dests:dict, crop
         rel = f.relative_to(src).as_posix() if folder else f.name
         try:
             img = to_bgr(f)
-            boxes, scores, kps = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num, tuple(a.extra_size))
+            dets = detect(model, img, a.thr, a.nms, a.input_size, a.mode, a.max_num, tuple(a.extra_size))
+            boxes, scores, kps = dets
+            multi = len(dets.names) > 1                                   # several classes: name them on the drawing and in the JSON
             if f in dests:
                 dests[f].parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(dests[f]), draw_detections(img, boxes, scores, kps)):
+                drawn = draw_detections(img, boxes, scores, kps, labels=dets.labels if multi else None, names=dets.names if multi else None)
+                if not cv2.imwrite(str(dests[f]), drawn):
                     raise OSError(f'cannot write image {dests[f]}')
             n_crops = len(save_crops(img, kps, *crops[f])) if f in crops and len(boxes) else 0
         except (OSError, ValueError, RuntimeError, cv2.error) as e:   # a bad file: note it, go on with the others
             failed.append(one_line(e)); print(f'{rel}: skipped ({one_line(e)})', flush=True); continue
-        results[rel] = dets_to_json(boxes, scores, kps)
-        print(f'{rel}: {len(boxes)} face{"s" * (len(boxes) != 1)}' + (f', {n_crops} crops' if crops else ''), flush=True)
+        results[rel] = dets_to_json(boxes, scores, kps, dets.labels, dets.names)
+        counts = ', '.join(f'{n} {c}' for c, n in sorted(Counter(dets.classes).items())) if multi else \
+                 f'{len(boxes)} face{"s" * (len(boxes) != 1)}'
+        print(f'{rel}: {counts}' + (f', {n_crops} crops' if crops else ''), flush=True)
     if a.json and results:
         Path(a.json).write_text(json.dumps(results if folder else results[files[0].name], indent=1))
     if failed and not results: raise UsageError(f'--image {src}: no readable image: ' + '; '.join(failed))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_export.ipynb #cea30be6
 from __future__ import annotations
-import argparse, copy, sys, warnings
+import argparse, copy, json, sys, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -18,9 +18,9 @@ from .model import build_model, load_model
 
 # %% auto #0
 __all__ = ['GROUPNORM_MODES', 'OPENVINO_INSTALL', 'NCNN_INSTALL', 'conv_bn_pairs', 'fuse_model', 'output_names', 'ExportWrapper',
-           'NativeGroupNorm', 'DecomposedGroupNorm', 'swap_groupnorm', 'simplify_onnx', 'export_onnx', 'onnx_session',
-           'run_onnx', 'check_graph', 'detect_onnx', 'to_fp16', 'calib_images', 'calib_inputs', 'quantize_int8',
-           'quantize_openvino_int8', 'export_ncnn', 'check_export', 'main']
+           'NativeGroupNorm', 'DecomposedGroupNorm', 'swap_groupnorm', 'export_metadata', 'simplify_onnx',
+           'export_onnx', 'onnx_session', 'run_onnx', 'check_graph', 'detect_onnx', 'to_fp16', 'calib_images',
+           'calib_inputs', 'quantize_int8', 'quantize_openvino_int8', 'export_ncnn', 'check_export', 'main']
 
 # %% ../nbs/20_export.ipynb #125ff238
 def _fold_conv_bn(conv:nn.Conv2d, bn:nn.BatchNorm2d):
@@ -111,7 +111,7 @@ def output_names(use_kps:bool, strides=STRIDES) -> list[str]:
     return [f'{k}_{s}' for k in ['score', 'bbox'] + (['kps'] if use_kps else []) for s in strides]
 
 class ExportWrapper(nn.Module):
-    "An SCRFD model with the export outputs: per level score (B, H·W·A, 1) after sigmoid, bbox (B, H·W·A, 4), kps (B, H·W·A, 10), stride units."
+    "An SCRFD model with the export outputs: per level score (B, H·W·A, C) after sigmoid, bbox (B, H·W·A, 4), kps (B, H·W·A, 2K), stride units (a face model: C = 1, K = 5)."
     def __init__(self, model:nn.Module, # SCRFD model returning raw head outputs (cls, bbox, kps lists)
                  legacy:bool=False,     # the older 2-D (H·W·A, C) layout without batch dimension (batch 1)
                 ):
@@ -120,9 +120,11 @@ class ExportWrapper(nn.Module):
     def forward(self, x:torch.Tensor, # (B, 3, H, W) normalised RGB
                ) -> tuple[torch.Tensor, ...]:
         cls, bbox, kps = self.model(x)
-        outs = [_FlattenLevel.apply(c.sigmoid(), 1, self.legacy) for c in cls]
+        h = getattr(getattr(getattr(self.model, 'cfg', None), 'model', None), 'head', None)
+        C, K = (h.num_classes, h.num_kps) if h is not None else (1, 5)          # constants of the graph (a face model: 1, 5)
+        outs = [_FlattenLevel.apply(c.sigmoid(), C, self.legacy) for c in cls]
         outs += [_FlattenLevel.apply(b, 4, self.legacy) for b in bbox]
-        if kps is not None: outs += [_FlattenLevel.apply(k, 10, self.legacy) for k in kps]
+        if kps is not None: outs += [_FlattenLevel.apply(k, 2 * K, self.legacy) for k in kps]
         return tuple(outs)
 
 # %% ../nbs/20_export.ipynb #e1b1787e
@@ -177,14 +179,22 @@ def _has_kps(model):
     p = next(model.parameters())
     with torch.no_grad(): return model(torch.zeros(1, 3, 32, 32).to(p))[2] is not None
 
-def _fix_last_dims(path, names):
-    "Give every output its fixed last axis (1, 4 or 10) in the graph's declared shapes."
+def _fix_last_dims(path, names, C:int=1, K:int=5, meta:dict|None=None):
+    "Give every output its fixed last axis (C, 4 or 2K; a face model: 1, 4, 10) in the graph's declared shapes; add `meta` as metadata."
     import onnx
     m = onnx.load(str(path))
     for o in m.graph.output:
         d = o.type.tensor_type.shape.dim[-1]
-        d.ClearField('dim_param'); d.dim_value = {'score': 1, 'bbox': 4, 'kps': 10}[o.name.split('_')[0]]
+        d.ClearField('dim_param'); d.dim_value = {'score': C, 'bbox': 4, 'kps': 2 * K}[o.name.split('_')[0]]
+    for k, v in (meta or {}).items(): m.metadata_props.add(key=k, value=str(v))
     onnx.save(m, str(path))
+
+def export_metadata(cfg) -> dict:
+    "What an export of a detector other than the 1-class 5-point face model records in its metadata: class names, K, flip order (a face model: nothing, the file stays the reference's)."
+    from scrfd_nb.config import class_names, kps_flip
+    h = cfg.model.head
+    if h.num_classes == 1 and h.num_kps in (0, 5) and not cfg.data.class_names: return {}
+    return dict(class_names=json.dumps(list(class_names(cfg))), num_kps=h.num_kps, flip_idx=json.dumps(list(kps_flip(cfg))))
 
 def _annotate_groupnorm(path):
     "Declare each `GroupNormalization` output's shape (its input's: ONNX 1.23's shape inference leaves it unknown)."
@@ -253,7 +263,9 @@ def export_onnx(model:nn.Module,         # SCRFD model (left untouched: BN is fo
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         torch.onnx.export(ExportWrapper(net, legacy).eval(), (x,), str(out), dynamo=False, opset_version=opset,
                           input_names=['input.1'], output_names=names, dynamic_axes=axes, do_constant_folding=True)
-    _fix_last_dims(out, names)
+    cfg = getattr(model, 'cfg', None)
+    h = cfg.model.head if cfg is not None and hasattr(cfg, 'model') else None
+    _fix_last_dims(out, names, h.num_classes if h else 1, (h.num_kps or 5) if h else 5, export_metadata(cfg) if h else None)
     if simplify: simplify_onnx(out, None if dynamic else tuple(x.shape))
     if groupnorm == 'native': _annotate_groupnorm(out)             # after onnxsim, which drops value_info
     return out

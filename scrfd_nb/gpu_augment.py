@@ -106,7 +106,7 @@ class DecodeOnlyPipeline(TrainPipeline):
         p = self.sample_photo(rng)      # same random calls, same order as TrainPipeline
         return dict(img=torch.from_numpy(np.ascontiguousarray(img)), crop=torch.tensor(meta['crop'], dtype=torch.int64),
                     flip=bool(meta['flip']), size=self.size, photo=photo_param_tensor([p])[0], gt_bboxes=b, gt_keypoints=k,
-                    gt_bboxes_ignore=bi, meta=meta | dict(photometric=None if p is None else p.to_dict()))
+                    gt_labels=meta.pop('gt_labels'), gt_bboxes_ignore=bi, meta=meta | dict(photometric=None if p is None else p.to_dict()))
 
 def collate_decoded(batch:list, # samples from a dataset whose pipeline is `DecodeOnlyPipeline`
                     pad_to:int|None=None) -> dict:

@@ -47,6 +47,9 @@ class SCRFDHead(nn.Module):
         super().__init__()
         self.cfg, self.in_channels = cfg, in_channels
         self.strides, self.num_anchors, self.use_kps = tuple(cfg.strides), cfg.num_anchors, cfg.use_kps
+        self.num_classes, self.num_kps = cfg.num_classes, cfg.num_kps
+        if cfg.num_classes < 1: raise ValueError(f"model.head.num_classes must be >= 1, got {cfg.num_classes}")
+        if cfg.use_kps and cfg.kps_points < 1: raise ValueError(f"model.head.kps_points must be >= 1 with use_kps, got {cfg.kps_points}")
         A, F_ = cfg.num_anchors, cfg.feat_channels
         keys = ['0'] if cfg.strides_share else [stride_key(s, False) for s in cfg.strides]
         self.cls_stride_convs, self.reg_stride_convs = nn.ModuleDict(), nn.ModuleDict()
@@ -61,7 +64,7 @@ class SCRFDHead(nn.Module):
             self.cls_stride_convs[k] = nn.Sequential(*units)
             self.stride_cls[k] = nn.Conv2d(F_, A * cfg.num_classes, 3, padding=1)
             self.stride_reg[k] = nn.Conv2d(F_, A * 4, 3, padding=1)
-            if cfg.use_kps: self.stride_kps[k] = nn.Conv2d(F_, A * 10, 3, padding=1)
+            if cfg.use_kps: self.stride_kps[k] = nn.Conv2d(F_, A * 2 * cfg.num_kps, 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in cfg.strides]) if cfg.use_scale else None
         self.integral = Integral(cfg.reg_max)
         self.init_weights()
@@ -80,7 +83,7 @@ class SCRFDHead(nn.Module):
     def key(self, level:int) -> str: return stride_key(self.strides[level], self.cfg.strides_share)
 
     def forward_level(self, x:Tensor, level:int) -> tuple[Tensor, Tensor, Tensor|None]:
-        "One level: (N, A, H, W) logits, (N, 4A, H, W) distances (stride units), (N, 10A, H, W) offsets or None."
+        "One level: (N, A·C, H, W) logits, (N, 4A, H, W) distances (stride units), (N, 2K·A, H, W) offsets or None."
         k = self.key(level)
         feat = self.cls_stride_convs[k](x)
         cls = self.stride_cls[k](feat)

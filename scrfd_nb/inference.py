@@ -22,10 +22,11 @@ from .config import DetectCfg
 from .model import load_model
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat', 'flatten_head_outputs',
-           'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess', 'onnx_outputs_to_flat',
-           'detect_batch', 'detect', 'merge_detections', 'draw_detections', 'dets_to_json', 'crop_place', 'is_camera',
-           'open_video', 'frame_batches', 'Progress', 'detect_frames', 'run_video']
+__all__ = ['CONVENTIONS', 'CLASS_COLORS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat',
+           'flatten_head_outputs', 'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess',
+           'onnx_outputs_to_flat', 'Detections', 'detect_batch', 'detect', 'merge_detections', 'draw_detections',
+           'dets_to_json', 'crop_place', 'is_camera', 'open_video', 'frame_batches', 'Progress', 'detect_frames',
+           'run_video']
 
 # %% ../nbs/08_detect.ipynb #4e12777c
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _rank_max_num(boxes:Tensor, orig_hw, max_num:int) -> Tensor:
     return torch.sort(area - off * 2.0, descending=True, stable=True)[1][:max_num]
 
 @torch.no_grad()
-def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after sigmoid)
+def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after sigmoid), or (B, A_total, C) for C classes
                      bbox:Tensor,            # (B, A_total, 4) distances l, t, r, b in stride units
                      kps:Tensor|None,        # (B, A_total, 2K) keypoint offsets in stride units, or None
                      feat_sizes,             # [(H_l, W_l)] per level
@@ -90,20 +91,25 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
                      num_anchors:int=2,
                      host:bool=False,        # decode + NMS the survivors on the CPU (results on the CPU)
                      nms_pre:int=-1,         # >0: only each image's `nms_pre` best-scoring candidates (all levels) go on
+                     class_agnostic:bool=False, # several classes: one NMS over all of them (default: NMS per class, as mmdet)
                     ) -> list[dict]:
-    "Decode + threshold + NMS for a batch of flattened head outputs; one dict of tensors per image."
+    "Decode + threshold + NMS for a batch of flattened head outputs; one dict of tensors per image (`labels`: class ids)."
     cv = get_convention(mode)
     score_thr = cv.score_thr if score_thr is None else score_thr
     nms_thr = cv.nms_thr if nms_thr is None else nms_thr
     B, dt = scores.shape[0], bbox.dtype
     fs = tuple((int(h), int(w)) for h, w in feat_sizes)
-    mask = scores > score_thr if cv.strict_score else scores >= score_thr
-    if 0 < nms_pre < scores.shape[1]:   # mmdet's nms_pre over all levels: an immature model passes 0.02 everywhere
-        mask &= scores >= scores.topk(nms_pre, dim=1).values[:, -1:]
-    b_idx, a_idx = mask.nonzero(as_tuple=True)                                         # host sync: survivors
-    s, reg, off = scores[b_idx, a_idx], bbox[b_idx, a_idx], None if kps is None else kps[b_idx, a_idx]
+    C = scores.shape[2] if scores.ndim == 3 else 1
+    flat = scores.reshape(B, -1)                                                       # (B, A_total·C): anchor a, class c at a·C + c
+    mask = flat > score_thr if cv.strict_score else flat >= score_thr
+    if 0 < nms_pre < flat.shape[1]:     # mmdet's nms_pre over all levels: an immature model passes 0.02 everywhere
+        mask &= flat >= flat.topk(nms_pre, dim=1).values[:, -1:]
+    b_idx, ac_idx = mask.nonzero(as_tuple=True)                                        # host sync: survivors
+    a_idx, lab = (ac_idx, None) if C == 1 else (ac_idx // C, ac_idx % C)              # one candidate per (anchor, class) above the threshold
+    s = flat[b_idx, ac_idx]
+    reg, off = bbox[b_idx, a_idx], None if kps is None else kps[b_idx, a_idx]
     if host:  # after the threshold only a few rows remain: one copy, then tiny CPU ops instead of many kernel launches
-        b_idx, a_idx, s, reg, off = (None if t is None else t.cpu() for t in (b_idx, a_idx, s, reg, off))
+        b_idx, a_idx, s, reg, off, lab = (None if t is None else t.cpu() for t in (b_idx, a_idx, s, reg, off, lab))
     dev = s.device
     ctr = _flat_centers(fs, tuple(strides), num_anchors, dev, dt)                      # (A_total, 2) px
     strd = _anchor_strides(fs, tuple(strides), num_anchors, dev, dt)                   # (A_total,)
@@ -115,11 +121,16 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
         sc = _meta_tensor(metas, 'scale', (1.0, 1.0), B, dev)[b_idx]                   # (K, 2) sx, sy (float32)
         boxes = boxes / sc.repeat(1, 2)
         if kp is not None: kp = kp / sc[:, None, :]
-    keep = batched_nms(boxes, s, b_idx, nms_thr, cv.plus_one, cv.suppress_equal)      # grouped by image, score desc
+    if lab is None: lab = torch.zeros_like(b_idx)
+    groups = b_idx if C == 1 or class_agnostic else b_idx * C + lab                    # NMS per image (and class)
+    keep = batched_nms(boxes, s, groups, nms_thr, cv.plus_one, cv.suppress_equal)     # grouped, score desc
+    if C > 1 and not class_agnostic:                                                   # regroup by image, score desc in each
+        keep = keep[torch.sort(s[keep], descending=True, stable=True)[1]]
+        keep = keep[torch.sort(b_idx[keep], stable=True)[1]]
     counts = torch.bincount(b_idx[keep], minlength=B).tolist()
     out = []
     for i, k in enumerate(keep.split(counts)):
-        d = dict(boxes=boxes[k], scores=s[k], kps=None if kp is None else kp[k], anchor_idx=a_idx[k])
+        d = dict(boxes=boxes[k], scores=s[k], kps=None if kp is None else kp[k], anchor_idx=a_idx[k], labels=lab[k])
         if max_num > 0 and len(k) > max_num:
             oh = (metas[i].get('orig_hw') if metas else None) or tuple(img_hw[i].tolist())
             r = _rank_max_num(d['boxes'], oh, max_num)
@@ -129,23 +140,27 @@ def postprocess_flat(scores:Tensor,          # (B, A_total) probabilities (after
 
 # %% ../nbs/08_detect.ipynb #974fc444
 def flatten_head_outputs(head_outputs, # (cls_list, bbox_list, kps_list or None): per level (N, A·C, H, W), cls logits
-                        ) -> tuple:    # scores (N, A_total) probs, bbox (N, A_total, 4), kps (N, A_total, 10) or None, feat_sizes, A
+                        ) -> tuple:    # scores (N, A_total) probs ((N, A_total, C) for C > 1), bbox (N, A_total, 4), kps (N, A_total, 2K) or None, feat_sizes, A
     "Raw model outputs → flattened `(scores, bbox, kps, feat_sizes, num_anchors)` in anchor order."
     cls_list, bbox_list, kps_list = head_outputs
-    A = cls_list[0].shape[1]
+    A = bbox_list[0].shape[1] // 4
+    C = cls_list[0].shape[1] // A
     feat_sizes = [tuple(t.shape[-2:]) for t in cls_list]
-    scores = flatten_levels(cls_list, 1)[..., 0].sigmoid()
+    scores = flatten_levels(cls_list, C).sigmoid()
+    if C == 1: scores = scores[..., 0]
     bbox = flatten_levels(bbox_list, 4)
     # models without keypoints return None (the reference returns a 10-channel all-zero placeholder: ignored too)
-    kps = flatten_levels(kps_list, 10) if kps_list is not None and kps_list[0].shape[1] == 10 * A else None
+    nk2 = 0 if kps_list is None else kps_list[0].shape[1]
+    kps = flatten_levels(kps_list, nk2 // A) if nk2 and nk2 % (2 * A) == 0 else None
     return scores, bbox, kps, feat_sizes, A
 
 def postprocess(head_outputs,  # model(x): (cls_list, bbox_list, kps_list)
                 metas=None, mode='insightface', score_thr=None, nms_thr=None, rescale=True, max_num=0,
-                strides=STRIDES, host:bool=False, nms_pre:int=-1) -> list[dict]:
+                strides=STRIDES, host:bool=False, nms_pre:int=-1, class_agnostic:bool=False) -> list[dict]:
     "`postprocess_flat` on the model's raw outputs (sigmoid of the logits, flattened in anchor order)."
     scores, bbox, kps, fs, A = flatten_head_outputs(head_outputs)
-    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A, host, nms_pre)
+    return postprocess_flat(scores, bbox, kps, fs, metas, mode, score_thr, nms_thr, rescale, max_num, strides, A, host, nms_pre,
+                            class_agnostic)
 
 # %% ../nbs/08_detect.ipynb #47b37546
 def _input_wh(input_size) -> tuple[int, int]:
@@ -218,12 +233,13 @@ def preprocess(images:list, input_size=640, mode='insightface', device=None) -> 
 
 # %% ../nbs/08_detect.ipynb #e0d2eaea
 def onnx_outputs_to_flat(outputs:list, # 6 or 9 arrays: scores s8,s16,s32, bbox s8.., [kps s8..]; (N_l, C) or (B, N_l, C)
-                         device=None) -> tuple: # scores (B, A_total), bbox (B, A_total, 4), kps (B, A_total, 10) or None
+                         device=None) -> tuple: # scores (B, A_total) (or (B, A_total, C)), bbox (B, A_total, 4), kps (B, A_total, 2K) or None
     "Official SCRFD ONNX outputs (ordered as exported) → flattened tensors for `postprocess_flat`."
     if len(outputs) not in (6, 9): raise ValueError(f"expected 6 or 9 ONNX outputs (3 strides), got {len(outputs)}")
     t = [torch.as_tensor(o if torch.is_tensor(o) else np.asarray(o), device=device) for o in outputs]
     t = [o[None] if o.ndim == 2 else o for o in t]
-    scores = torch.cat(t[0:3], 1)[..., 0]
+    scores = torch.cat(t[0:3], 1)
+    if scores.shape[-1] == 1: scores = scores[..., 0]                  # one class: (B, A_total); C classes: (B, A_total, C)
     bbox = torch.cat(t[3:6], 1)
     kps = torch.cat(t[6:9], 1) if len(t) == 9 else None
     return scores, bbox, kps
@@ -233,8 +249,28 @@ def _model_device_dtype(model) -> tuple:
     p = next(iter(model.parameters()), None) if hasattr(model, 'parameters') else None
     return (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
 
-def _to_numpy(d:dict) -> tuple:
-    return (d['boxes'].cpu().numpy(), d['scores'].cpu().numpy(), None if d['kps'] is None else d['kps'].cpu().numpy())
+class Detections(tuple):
+    "One image's detections: unpacks as `boxes, scores, kps` (numpy) as always; `.labels` (N,) class ids, `.names` the model's class names."
+    def __new__(cls, boxes, scores, kps, labels=None, names=None):
+        self = super().__new__(cls, (boxes, scores, kps))
+        self.labels = np.zeros(len(scores), np.int64) if labels is None else np.asarray(labels, np.int64)
+        self.names = tuple(names) if names else ('face',)
+        return self
+    def __reduce__(self): return (Detections, (*self, self.labels, self.names))
+    @property
+    def classes(self) -> list[str]: return [self.names[int(l)] if l < len(self.names) else str(int(l)) for l in self.labels]
+
+def _names(model) -> tuple|None:
+    "The class names of a model or runner (its `class_names`, or its configuration's), or None when it has none."
+    if getattr(model, 'class_names', None): return tuple(model.class_names)
+    cfg = getattr(model, 'cfg', None)
+    if cfg is None or not hasattr(cfg, 'model'): return None
+    from scrfd_nb.config import class_names
+    return class_names(cfg)
+
+def _to_numpy(d:dict, names=None) -> Detections:
+    return Detections(d['boxes'].cpu().numpy(), d['scores'].cpu().numpy(), None if d['kps'] is None else d['kps'].cpu().numpy(),
+                      d['labels'].cpu().numpy() if d.get('labels') is not None else None, names)
 
 @torch.no_grad()
 def detect_batch(model,                 # an `SCRFD` (any callable returning the raw head outputs), or a runtime's runner (`backends`)
@@ -244,10 +280,12 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
                  mode:str='insightface',# 'insightface' (spec §5.4) or 'mmdet' (§5.1)
                  max_num:int=0,         # >0: at most this many faces per image
                  extra_sizes=(),        # more passes at these input sizes (e.g. (320,) for close-up faces), merged by NMS
-                ) -> list[tuple]:       # per image: boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None
-    "Faces in a list of images, one forward pass (one per input size); boxes and keypoints in each original image's pixels."
+                ) -> list[Detections]:  # per image: boxes (N, 4) xyxy px, scores (N,), kps (N, K, 2) or None; `.labels` class ids
+    "Faces (objects) in a list of images, one forward pass (one per input size); boxes and keypoints in each original image's pixels."
     if len(images) == 0: return []
     dev, dt = _model_device_dtype(model)
+    names, cfg = _names(model), getattr(model, 'cfg', None)
+    agnostic = bool(getattr(getattr(cfg, 'detect', None), 'class_agnostic', False))
     def one_pass(size, num):
         x, metas = preprocess(images, size, mode, dev)
         was = getattr(model, 'training', False)
@@ -258,21 +296,21 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
         if getattr(model, 'export_layout', False):  # a runtime's runner: per level scores (sigmoid), boxes, keypoints
             scores, bbox, kps = onnx_outputs_to_flat([t.float() for t in outs])
             return postprocess_flat(scores, bbox, kps, feat_sizes_for(*x.shape[2:]), metas, mode, score_thr, nms_thr,
-                                    rescale=True, max_num=num, host=True)
+                                    rescale=True, max_num=num, host=True, class_agnostic=agnostic)
         outs = tuple(None if o is None else [t.float() for t in o] for o in outs)
         return postprocess(outs, metas, mode, score_thr, nms_thr, rescale=True, max_num=num,
-                           strides=tuple(getattr(model, 'strides', STRIDES)), host=True)
-    if not extra_sizes: return [_to_numpy(d) for d in one_pass(input_size, max_num)]
+                           strides=tuple(getattr(model, 'strides', STRIDES)), host=True, class_agnostic=agnostic)
+    if not extra_sizes: return [_to_numpy(d, names) for d in one_pass(input_size, max_num)]
     images = [to_bgr(im) for im in images]                            # read once for all passes
     passes = [one_pass(s, 0) for s in (input_size, *extra_sizes)]
-    return [_to_numpy(merge_detections([p[i] for p in passes], nms_thr, mode, max_num, images[i].shape[:2]))
+    return [_to_numpy(merge_detections([p[i] for p in passes], nms_thr, mode, max_num, images[i].shape[:2], agnostic), names)
             for i in range(len(images))]
 
 def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list goes to `detect_batch`)
            score_thr:float|None=None, nms_thr:float|None=None, input_size=640, mode:str='insightface', max_num:int=0,
            extra_sizes=(), # more passes at these input sizes, merged by NMS (`merge_detections`)
-          ) -> tuple: # boxes (N, 4) xyxy px, scores (N,), kps (N, 5, 2) or None; numpy, by descending score
-    "Faces in one image, in its own pixels (insightface conventions by default)."
+          ) -> Detections: # boxes (N, 4) xyxy px, scores (N,), kps (N, K, 2) or None; numpy, by descending score; `.labels`
+    "Faces (objects of every class) in one image, in its own pixels (insightface conventions by default)."
     if isinstance(image_bgr, (list, tuple)):
         return detect_batch(model, image_bgr, score_thr, nms_thr, input_size, mode, max_num, extra_sizes)
     return detect_batch(model, [image_bgr], score_thr, nms_thr, input_size, mode, max_num, extra_sizes)[0]
@@ -280,45 +318,60 @@ def detect(model, image_bgr, # one BGR uint8 image (h, w, 3) or its path (a list
 def merge_detections(passes:list,  # one image's detections of several passes: dicts `boxes` (n, 4), `scores` (n,), `kps` (n, 5, 2) or None
                      nms_thr:float|None=None, mode:str='insightface', # NMS of this convention (None: its threshold)
                      max_num:int=0, orig_hw=None, # >0: insightface's ranking keeps this many (needs the image's (h, w))
-                    ) -> dict:     # merged `boxes`, `scores`, `kps` tensors, by descending score
+                     class_agnostic:bool=False,   # several classes: one NMS over all (default: per class)
+                    ) -> dict:     # merged `boxes`, `scores`, `kps`, `labels` tensors, by descending score
     "Detections of one image from several passes (e.g. input sizes, as multi-scale testing) merged by one more NMS."
     cv = get_convention(mode)
     nms_thr = cv.nms_thr if nms_thr is None else nms_thr
     boxes, scores = torch.cat([torch.as_tensor(p['boxes']).reshape(-1, 4) for p in passes]), torch.cat([torch.as_tensor(p['scores']).reshape(-1) for p in passes])
-    kps = None if any(p.get('kps') is None for p in passes) else torch.cat([torch.as_tensor(p['kps']).reshape(-1, 5, 2) for p in passes])
-    keep = batched_nms(boxes, scores, torch.zeros(len(scores), dtype=torch.long), nms_thr, cv.plus_one, cv.suppress_equal)
+    kps = None if any(p.get('kps') is None for p in passes) else torch.cat([torch.as_tensor(p['kps']).reshape(len(p['scores']), -1, 2) for p in passes])
+    labels = torch.cat([torch.as_tensor(p['labels']).reshape(-1) if p.get('labels') is not None else
+                        torch.zeros(len(p['scores']), dtype=torch.long) for p in passes]).long()
+    keep = batched_nms(boxes, scores, torch.zeros_like(labels) if class_agnostic else labels, nms_thr, cv.plus_one, cv.suppress_equal)
+    keep = keep[torch.sort(scores[keep], descending=True, stable=True)[1]]            # one list by score, whatever the class
     if max_num > 0 and len(keep) > max_num: keep = keep[_rank_max_num(boxes[keep], orig_hw, max_num)]
-    return dict(boxes=boxes[keep], scores=scores[keep], kps=None if kps is None else kps[keep])
+    return dict(boxes=boxes[keep], scores=scores[keep], kps=None if kps is None else kps[keep], labels=labels[keep])
 
 # %% ../nbs/08_detect.ipynb #79fa76ba
 from .core import KPS_COLORS   # the one keypoint palette (l-eye, r-eye, nose, l-mouth, r-mouth)
+CLASS_COLORS = ((255, 128, 0), (0, 128, 255), (255, 0, 255), (0, 255, 255), (128, 0, 255))   # BGR boxes of classes 1, 2, ... (class 0 keeps `color`)
 
 def draw_detections(image:np.ndarray,  # (h, w, 3) uint8 BGR
                     boxes:np.ndarray,  # (N, 4) xyxy px
                     scores=None,       # (N,) or None
-                    kps=None,          # (N, 5, 2) or None
-                    color=(0, 255, 0), thickness:int|None=None) -> np.ndarray:
-    "A copy of the BGR image with boxes, scores and keypoints drawn (line width scales with each face)."
+                    kps=None,          # (N, K, 2) or None
+                    color=(0, 255, 0), thickness:int|None=None,
+                    labels=None,       # (N,) class ids: each class its own colour, named when `names` are given
+                    names=None,        # class names (the text before the score); None: scores only
+                   ) -> np.ndarray:
+    "A copy of the BGR image with boxes, scores (and class names) and keypoints drawn (line width scales with each object)."
     out = np.ascontiguousarray(to_bgr(image)).copy()
     for i, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
         x1, y1, x2, y2 = (int(round(v)) for v in b)
         t = thickness or max(1, round(min(x2 - x1, y2 - y1) / 50))     # line width follows the face size
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, t, cv2.LINE_AA)
-        if scores is not None:
-            cv2.putText(out, f'{float(scores[i]):.2f}', (x1, max(y1 - 2 * t, 8)), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.4 * t, color, max(1, t // 2), cv2.LINE_AA)
+        lab = 0 if labels is None else int(labels[i])
+        col = color if lab == 0 else CLASS_COLORS[(lab - 1) % len(CLASS_COLORS)]
+        cv2.rectangle(out, (x1, y1), (x2, y2), col, t, cv2.LINE_AA)
+        text = ' '.join(([names[lab] if lab < len(names) else str(lab)] if names is not None and labels is not None else []) +
+                        ([f'{float(scores[i]):.2f}'] if scores is not None else []))
+        if text:
+            cv2.putText(out, text, (x1, max(y1 - 2 * t, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * t, col, max(1, t // 2), cv2.LINE_AA)
         if kps is not None:
-            for (x, y), c in zip(np.asarray(kps[i]).reshape(-1, 2), KPS_COLORS):
-                cv2.circle(out, (int(round(x)), int(round(y))), t + 1, c, -1, cv2.LINE_AA)
+            for j, (x, y) in enumerate(np.asarray(kps[i]).reshape(-1, 2)):
+                cv2.circle(out, (int(round(x)), int(round(y))), t + 1, KPS_COLORS[j % len(KPS_COLORS)], -1, cv2.LINE_AA)
     return out
 
 # %% ../nbs/08_detect.ipynb #7f5ef39e
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
-def dets_to_json(boxes, scores, kps) -> list[dict]:
-    "Detections as JSON-ready dicts: `{'box': [x1, y1, x2, y2], 'score': s, 'kps': [[x, y]]*5 or None}`."
+def dets_to_json(boxes, scores, kps,
+                 labels=None, names=None, # class ids and names: `class` and `label` keys for a model of several classes
+                ) -> list[dict]:
+    "Detections as JSON-ready dicts: `{'box': [x1, y1, x2, y2], 'score': s, 'kps': [[x, y]]*K or None}` (+ `label`, `class` with several classes)."
+    multi = labels is not None and names is not None and len(names) > 1
     return [dict(box=[round(float(v), 3) for v in b], score=round(float(s), 6),
-                 kps=None if kps is None else [[round(float(x), 3), round(float(y), 3)] for x, y in kps[i]])
+                 kps=None if kps is None else [[round(float(x), 3), round(float(y), 3)] for x, y in kps[i]],
+                 **(dict(label=int(labels[i]), **{'class': names[int(labels[i])]}) if multi else {}))
             for i, (b, s) in enumerate(zip(boxes, scores))]
 
 def _list_images(path:Path) -> list[Path]:
@@ -462,11 +515,12 @@ def run_video(model, video, # a video file, a camera index, or what `open_video`
         writer = _video_writer(out, fps, first) if out else None
         fj = open(jsonl, 'w') if jsonl else None
         bar = Progress(min(total, max_frames or total), 'frames') if progress else None
-        for i, t, frame, (boxes, scores, kps) in detect_frames(
-                model, frame_batches(cap, batch_size, first, max_frames, clock), **kw):
-            if writer is not None: writer.write(draw_detections(frame, boxes, scores, kps))
+        for i, t, frame, dets in detect_frames(model, frame_batches(cap, batch_size, first, max_frames, clock), **kw):
+            (boxes, scores, kps), multi = dets, len(dets.names) > 1
+            if writer is not None: writer.write(draw_detections(frame, boxes, scores, kps, labels=dets.labels if multi else None,
+                                                                names=dets.names if multi else None))
             if fj is not None:   # one line per frame, flushed: a reader (or a crash) sees whole lines only
-                fj.write(json.dumps(dict(frame=i, time_s=t, faces=dets_to_json(boxes, scores, kps))) + '\n'); fj.flush()
+                fj.write(json.dumps(dict(frame=i, time_s=t, faces=dets_to_json(boxes, scores, kps, dets.labels, dets.names))) + '\n'); fj.flush()
             st['frames'] += 1; st['faces'] += len(boxes)
             if bar is not None: bar.update()
     except KeyboardInterrupt:

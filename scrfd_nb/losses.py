@@ -94,7 +94,7 @@ def _stride_table(strides:tuple, device, dtype) -> Tensor:  # (L,) stride of eac
 
 def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
                   gt_boxes:Tensor,           # (B, G, 4) xyxy px, padded
-                  gt_kps:Tensor|None,        # (B, G, 5, 3) x, y px + visibility weight; None: no keypoints
+                  gt_kps:Tensor|None,        # (B, G, K, 3) x, y px + visibility weight; None: no keypoints
                   gt_mask:Tensor,            # (B, G) bool
                   topk:int=AssignCfg().topk,
                   dense:bool=True,           # also gather per-anchor targets (B, A, ·)
@@ -115,8 +115,8 @@ def build_targets(anchors:Sequence[Tensor],  # per level (A_l, 4) xyxy px
         out['bbox_targets'] = torch.gather(gb, 1, idx[..., None].expand(B, A, 4))         # (B, A, 4) px
         if gt_kps is not None:
             k = gt_kps.to(anchors[0])
-            if k.shape[1] == 0: k = k.new_zeros((B, 1, 5, 3))
-            out['kps_targets'] = torch.gather(k[..., :2].flatten(2), 1, idx[..., None].expand(B, A, k.shape[2] * 2))  # (B, A, 10) px
+            if k.shape[1] == 0: k = k.new_zeros((B, 1, k.shape[2], 3))
+            out['kps_targets'] = torch.gather(k[..., :2].flatten(2), 1, idx[..., None].expand(B, A, k.shape[2] * 2))  # (B, A, 2K) px
             out['kps_weights'] = torch.gather(k[..., 2].mean(-1), 1, idx)                                            # (B, A)
     return out
 
@@ -132,14 +132,15 @@ def _run_config(cfg, who:str) -> SCRFDConfig:
 
 def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|None): per level (B, A·C, H, W) raw outputs
                  gt_boxes:Tensor,             # (B, G, 4) xyxy px, padded
-                 gt_kps:Tensor|None,          # (B, G, 5, 3) x, y px + visibility; None: no keypoint annotations
+                 gt_kps:Tensor|None,          # (B, G, K, 3) x, y px + visibility; None: no keypoint annotations
                  gt_mask:Tensor,              # (B, G) bool, True for real faces
                  cfg:SCRFDConfig|str,         # the run's configuration: strides and anchor sizes, loss weights, ATSS topk
                  use_kps:bool|None=None,      # default: whether the model produced keypoints
                  anchors:Sequence[Tensor]|None=None, # per level (H·W·A, 4) px; default: `grid_anchors` of cfg's head for the output sizes
                  targets:dict|None=None,      # precomputed `build_targets` output
+                 gt_labels:Tensor|None=None,  # (B, G) long class of each object in 0..C-1; None: class 0 (faces)
                 ) -> dict:
-    "SCRFD losses of a batch (QFL + DIoU [+ kps SmoothL1]) with the reference normalisation, in fp32, sync-free."
+    "SCRFD losses of a batch (QFL over C classes + DIoU [+ SmoothL1 over K keypoints]) with the reference normalisation, in fp32, sync-free."
     cfg = _run_config(cfg, 'compute_loss')
     head, lc, topk = cfg.model.head, cfg.loss, cfg.assign.topk
     strides = tuple(head.strides)
@@ -149,6 +150,7 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
     dt = torch.promote_types(cls_list[0].dtype, torch.float32)          # fp32 (or fp64 if the outputs are)
     wts = dict(cls=lc.cls_weight, bbox=lc.bbox_weight, kps=lc.kps_weight)
     beta, kbeta = lc.qfl_beta, lc.kps_beta
+    if lc.kps_visibility not in ('face', 'point'): raise ValueError(f"loss.kps_visibility must be 'face' or 'point', got {lc.kps_visibility!r}")
     na = bbox_list[0].shape[1] // 4                                     # anchors per location
     C = cls_list[0].shape[1] // na
     with torch.autocast(dev.type, enabled=False):
@@ -195,7 +197,9 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
         for l in range(L):
             c_raw = cls_list[l].to(dt); H, W = c_raw.shape[-2:]
             loc = cand[:, :, ks[l]:ks[l + 1]] - int(bounds[l])
-            flat = (((loc % na) * C) * (H * W) + loc // na).reshape(B, -1)         # index of (anchor, class 0, hw)
+            flat = ((loc % na) * C) * (H * W) + loc // na                          # index of (anchor, class 0, hw)
+            if gt_labels is not None: flat = flat + gt_labels.to(dev)[:, :, None] * (H * W)   # ... at the object's class
+            flat = flat.reshape(B, -1)
             soft = c_raw.new_zeros((B, c_raw[0].numel())).scatter_add(1, flat, q.view(B, G, K)[:, :, ks[l]:ks[l + 1]].reshape(B, -1))
             cls_l.append(quality_focal_loss(c_raw, soft.view_as(c_raw), beta).sum())   # one non-zero term per positive anchor
         cls_l = torch.stack(cls_l)
@@ -207,8 +211,14 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
             kp = cat(kps_s)                                                        # (B, GK, 2·nk) stride units
             gk = gt_kps.to(dt)
             kt = kps2distance(ctr, gk[..., :2].flatten(2)[:, :, None].expand(B, G, K, kp.shape[-1]).reshape(B, G * K, kp.shape[-1]) / st)
-            kw = gk[..., 2].mean(-1)[:, :, None].expand(B, G, K).reshape(B, G * K) * w     # mean visibility x score
-            kps_l = per_level(torch.where(psf, smooth_l1(kp, kt, kbeta).sum(-1), zero) * kw) * wts['kps']
+            nk = gk.shape[2]
+            if lc.kps_visibility == 'face':                                        # the reference: mean visibility on every coordinate
+                kw = gk[..., 2].mean(-1)[:, :, None].expand(B, G, K).reshape(B, G * K) * w     # mean visibility x score
+                kl = smooth_l1(kp, kt, kbeta).sum(-1) * kw
+            else:                                                                  # each point by its own visibility
+                vis = gk[..., 2][:, :, None, :].expand(B, G, K, nk).reshape(B, G * K, nk)
+                kl = (smooth_l1(kp, kt, kbeta).view(B, G * K, nk, 2).sum(-1) * vis).sum(-1) * w
+            kps_l = per_level(torch.where(psf, kl, zero)) * wts['kps']
         npos_img = ps.sum((1, 2))                                                  # (B,)
         n_pos = npos_img.clamp(min=1).sum().to(dt)                                 # Σ_images max(#pos, 1)
         norm = reduce_mean(torch.stack([n_pos, w_l.sum()]).detach())               # one all-reduce (mean) when distributed
@@ -223,33 +233,45 @@ def compute_loss(head_outputs,                # (cls_list, bbox_list, kps_list|N
 
 # %% ../nbs/10_losses.ipynb #0ded65d5
 def pad_targets(list_boxes,             # per image (G_i, 4) xyxy px (tensor or array)
-                list_kps=None,          # per image (G_i, 5, 3) or None (then zeros: no keypoint annotated)
+                list_kps=None,          # per image (G_i, K, 3) or None (then zeros: no keypoint annotated)
                 pad_to:int|None=None,   # G (default: the largest G_i; at least 1 keeps shapes static for empty batches)
                 device=None,
-               ) -> tuple[Tensor, Tensor, Tensor]: # gt_boxes (B, G, 4) f32, gt_kps (B, G, 5, 3) f32, gt_mask (B, G) bool
+                num_kps:int|None=None,  # K (default: from the first image with objects, else 5)
+               ) -> tuple[Tensor, Tensor, Tensor]: # gt_boxes (B, G, 4) f32, gt_kps (B, G, K, 3) f32, gt_mask (B, G) bool
     "Pad per-image ground truth to dense `(B, G, ·)` tensors with an explicit mask."
     boxes = [torch.as_tensor(np.asarray(b.cpu() if isinstance(b, Tensor) else b, np.float32)).reshape(-1, 4) for b in list_boxes]
     n = [len(b) for b in boxes]
     G = max(n + [0]) if pad_to is None else pad_to
     if G < max(n + [0]): raise ValueError(f'pad_to={pad_to} is smaller than the largest number of faces ({max(n)})')
     B = len(boxes)
-    gb, gk, gm = torch.zeros(B, G, 4), torch.zeros(B, G, 5, 3), torch.zeros(B, G, dtype=torch.bool)
+    kps = [None if list_kps is None or list_kps[i] is None or not n[i] else
+           torch.as_tensor(np.asarray(k.cpu() if isinstance(k, Tensor) else k, np.float32)).reshape(n[i], -1, 3)
+           for i, k in enumerate(list_kps or [None] * B)]
+    if num_kps is None: num_kps = next((k.shape[1] for k in kps if k is not None), 5)
+    gb, gk, gm = torch.zeros(B, G, 4), torch.zeros(B, G, num_kps, 3), torch.zeros(B, G, dtype=torch.bool)
     for i, b in enumerate(boxes):
         gb[i, :n[i]] = b; gm[i, :n[i]] = True
-        if list_kps is not None and list_kps[i] is not None and n[i]:
-            k = list_kps[i]
-            gk[i, :n[i]] = torch.as_tensor(np.asarray(k.cpu() if isinstance(k, Tensor) else k, np.float32)).reshape(n[i], 5, 3)
+        if kps[i] is not None:
+            if kps[i].shape[1] != num_kps: raise ValueError(f"image {i}: {kps[i].shape[1]} keypoints per object, expected {num_kps}")
+            gk[i, :n[i]] = kps[i]
     return gb.to(device), gk.to(device), gm.to(device)
 
 def model_loss(model,                  # SCRFD (or anything with `.cfg`, `.use_kps` returning raw head outputs)
                images:Tensor,          # (B, 3, H, W) normalised
                gt_bboxes,              # per image (G_i, 4) xyxy px
-               gt_keypoints=None,      # per image (G_i, 5, 3) x, y, visibility; None for models/data without keypoints
+               gt_keypoints=None,      # per image (G_i, K, 3) x, y, visibility; None for models/data without keypoints
                gt_bboxes_ignore=None,  # accepted, unused (reference configs: ignore_iof_thr = -1)
+               gt_labels=None,         # per image (G_i,) class ids; None: class 0 (faces)
               ) -> dict:
     "Forward `images` and return the loss dict of `compute_loss` (`loss_cls`, `loss_bbox`[, `loss_kps`], per level, `num_pos`)."
     cfg = _run_config(getattr(model, 'cfg', None), 'model_loss (through model.cfg)')
     use_kps = bool(getattr(model, 'use_kps', cfg.model.head.use_kps))
-    gb, gk, gm = pad_targets(gt_bboxes, gt_keypoints if use_kps else None, device=images.device)
+    gb, gk, gm = pad_targets(gt_bboxes, gt_keypoints if use_kps else None, device=images.device,
+                             num_kps=cfg.model.head.num_kps if use_kps else None)
+    labels = None
+    if gt_labels is not None:
+        labels = torch.zeros(gm.shape, dtype=torch.long)
+        for i, l in enumerate(gt_labels): labels[i, :len(l)] = torch.as_tensor(np.asarray(l), dtype=torch.long)
+        labels = labels.to(images.device)
     outs = model(images)
-    return compute_loss(outs, gb, gk if use_kps else None, gm, cfg, use_kps=use_kps)
+    return compute_loss(outs, gb, gk if use_kps else None, gm, cfg, use_kps=use_kps, gt_labels=labels)

@@ -374,7 +374,9 @@ def compute_losses(model:nn.Module, # the unwrapped SCRFD (its cfg and use_kps)
     "Loss terms of one batch in fp32 (targets are assigned inside)."
     outs = [None if o is None else [t.float() for t in o] for o in head_outputs]
     with torch.autocast(batch['images'].device.type, enabled=False):
-        return compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], model.cfg, use_kps=model.use_kps)
+        labels = batch.get('gt_labels') if model.cfg.model.head.num_classes > 1 else None   # one class: nothing to read
+        return compute_loss(outs, batch['gt_boxes'], batch['gt_kps'], batch['gt_mask'], model.cfg, use_kps=model.use_kps,
+                            gt_labels=labels)
 
 # %% ../nbs/17_train.ipynb #a82deb44
 def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre:int=1000) -> dict|None:

@@ -11,8 +11,8 @@ import cv2
 import torch
 
 # %% auto #0
-__all__ = ['CROP_CHOICE', 'KPS_FLIP', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside',
-           'sample_square_crop', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
+__all__ = ['CROP_CHOICE', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside', 'sample_square_crop',
+           'kps_array', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
            'PhotoParams', 'sample_photometric', 'photometric_normalize', 'TrainPipeline', 'denormalize', 'draw_targets',
            'pipeline_steps', 'render_sample', 'MEAN', 'STD']
 
@@ -56,7 +56,7 @@ class ScriptedRNG:
 
 # %% ../nbs/12_transforms.ipynb #d4925879
 CROP_CHOICE = (0.3, 0.45, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
-KPS_FLIP = (1, 0, 2, 4, 3)  # left/right eye and mouth corners swap under a horizontal flip
+from .config import KPS_FLIP, flip_permutation   # the face's flip order lives with the configuration's flip_idx
 PAD_VALUE = 128  # crop canvas fill (BGR, before normalisation)
 from .core import MEAN, STD  # normalisation: (rgb - 127.5) / 128, the same constants as the model's and detect's
 _all_ = ['MEAN', 'STD']  # still part of this module's public names
@@ -89,6 +89,16 @@ def sample_square_crop(w:int, h:int, # image size
     left, top = (w - short) // 2, (h - short) // 2
     return (left, top, left + short, top + short), True
 
+# %% ../nbs/12_transforms.ipynb #4e873e49
+def kps_array(kps, # (N, K, 3) array, or anything reshapeable to it (a flat list per object)
+              n:int|None=None, # objects N (needed to tell K from a flat array)
+             ) -> np.ndarray:    # (N, K, 3) float32
+    "Keypoints as an `(N, K, 3)` float32 array; an empty flat array is taken as 5 points per object (the face format)."
+    k = np.asarray(kps, np.float32)
+    if k.ndim == 3: return k
+    if n is None: n = len(k) if k.ndim == 2 and k.size else 0
+    return k.reshape(n, -1, 3) if n and k.size else k.reshape(0, 5, 3) if not n else k.reshape(n, 0, 3)
+
 # %% ../nbs/12_transforms.ipynb #fdefcea1
 def crop_annotations(bboxes, keypoints, bboxes_ignore, # (N,4), (N,5,3), (M,4) float32 px
                      patch, # (x1, y1, x2, y2) ints
@@ -119,11 +129,12 @@ def resize_annotations(bboxes, keypoints, bboxes_ignore, src_wh, dst_wh=(640, 64
         k[..., 0] = k[..., 0].clip(0, dst_wh[0]); k[..., 1] = k[..., 1].clip(0, dst_wh[1])
     return b, k, bi, sf
 
-def flip_annotations(bboxes, keypoints, bboxes_ignore, width:int):
-    "Horizontal flip: x1' = W − x2, x2' = W − x1 (no −1); keypoints reordered by `KPS_FLIP` then x' = W − x."
+def flip_annotations(bboxes, keypoints, bboxes_ignore, width:int,
+                     flip_idx:tuple=KPS_FLIP): # point i of the result is point flip_idx[i] of the input
+    "Horizontal flip: x1' = W − x2, x2' = W − x1 (no −1); keypoints reordered by `flip_idx` (the face's `KPS_FLIP`) then x' = W − x."
     def fb(x):
         y = x.copy(); y[:, 0] = width - x[:, 2]; y[:, 2] = width - x[:, 0]; return y
-    k = keypoints[:, list(KPS_FLIP)].copy()
+    k = keypoints[:, list(flip_idx)].copy()
     k[..., 0] = width - k[..., 0]
     return fb(bboxes), k, fb(bboxes_ignore)
 
@@ -223,6 +234,7 @@ class TrainPipeline:
     std: float = STD
     pad_value: int = PAD_VALUE
     max_scale_tries: int = 64
+    flip_idx: tuple = ()    # keypoint permutation of a flip (`config.flip_permutation`; () = the face order for 5 points)
 
     @classmethod
     def from_config(cls, cfg, **kw):
@@ -230,22 +242,25 @@ class TrainPipeline:
         d = cfg.data
         if len(set(d.mean)) > 1 or len(set(d.std)) > 1: raise ValueError(f"per-channel mean/std not supported: {d.mean}, {d.std}")
         return cls(**(dict(size=d.img_size, crop_choice=tuple(d.crop_choice), flip_ratio=d.flip_ratio, mean=d.mean[0],
-                          std=d.std[0], pad_value=d.crop_fill, bbox_clip_border=cfg.train.bbox_clip_border) | kw))
+                          std=d.std[0], pad_value=d.crop_fill, bbox_clip_border=cfg.train.bbox_clip_border,
+                          flip_idx=tuple(d.flip_idx)) | kw))
 
     def geometry(self, img:np.ndarray, ann:dict, rng, crop=None) -> tuple:
         "Random square crop, resize and flip: → (image (S,S,3) BGR, boxes, keypoints, ignore boxes, meta); `crop` draws the pixels."
         h, w = img.shape[:2]
         b0 = np.asarray(ann['bboxes'], np.float32).reshape(-1, 4)
-        k0 = np.asarray(ann['keypoints'], np.float32).reshape(-1, 5, 3)
+        k0 = kps_array(ann['keypoints'], len(b0))
         i0 = np.asarray(ann.get('bboxes_ignore', np.zeros((0, 4))), np.float32).reshape(-1, 4)
         patch, fallback = sample_square_crop(w, h, b0, rng, self.crop_choice, max_scale_tries=self.max_scale_tries)
         b, k, bi = crop_annotations(b0, k0, i0, patch, self.bbox_clip_border)
+        l0 = np.asarray(ann.get('labels', np.zeros(len(b0))), np.int64).reshape(-1)
+        labels = l0[centres_inside(b0, np.asarray(patch, np.int64))]    # the classes of the objects the crop kept
         side = patch[2] - patch[0]
         b, k, bi, sf = resize_annotations(b, k, bi, (side, side), (self.size, self.size), self.bbox_clip_border)
         flip = self.flip_ratio > 0 and rng.random() < self.flip_ratio
-        if flip: b, k, bi = flip_annotations(b, k, bi, self.size)
+        if flip: b, k, bi = flip_annotations(b, k, bi, self.size, flip_permutation(self.flip_idx, k.shape[1], self.flip_ratio))
         im = (crop or crop_resize_image)(img, patch, (self.size, self.size), flip, self.pad_value)
-        return im, b, k, bi, dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback)
+        return im, b, k, bi, dict(crop=patch, scale=float(sf[0]), flip=bool(flip), crop_fallback=fallback, gt_labels=labels)
 
     def sample_photo(self, rng) -> PhotoParams|None:
         "This sample's photometric draw (None when photometric distortion is off)."
@@ -253,14 +268,14 @@ class TrainPipeline:
         return sample_photometric(rng, self.brightness_delta, self.contrast_range, self.saturation_range, self.hue_delta)
 
     def __call__(self, img:np.ndarray, # (H, W, 3) uint8 BGR
-                 ann:dict, # `bboxes` (N,4), `keypoints` (N,5,3), `bboxes_ignore` (M,4), as parse_labelv2 gives
+                 ann:dict, # `bboxes` (N,4), `keypoints` (N,K,3), `bboxes_ignore` (M,4), as parse_labelv2 gives
                  rng) -> dict:
-        "→ dict img (3,S,S) float32 tensor (HWC memory), gt_bboxes (n,4), gt_keypoints (n,5,3), gt_bboxes_ignore (m,4), meta."
+        "→ dict img (3,S,S) float32 tensor (HWC memory), gt_bboxes (n,4), gt_keypoints (n,K,3), gt_labels (n,), gt_bboxes_ignore (m,4), meta."
         im, b, k, bi, meta = self.geometry(img, ann, rng)
         p = self.sample_photo(rng)
         hwc = photometric_normalize(im, p, self.mean, self.std)
-        return dict(img=torch.from_numpy(hwc).permute(2, 0, 1), gt_bboxes=b, gt_keypoints=k, gt_bboxes_ignore=bi,
-                    meta=meta | dict(photometric=None if p is None else p.to_dict()))
+        return dict(img=torch.from_numpy(hwc).permute(2, 0, 1), gt_bboxes=b, gt_keypoints=k, gt_labels=meta.pop('gt_labels'),
+                    gt_bboxes_ignore=bi, meta=meta | dict(photometric=None if p is None else p.to_dict()))
 
 # %% ../nbs/12_transforms.ipynb #5a956f05
 from .core import KPS_COLORS   # the one keypoint palette, as `detect.draw_detections` draws it
@@ -279,8 +294,9 @@ def draw_targets(img:np.ndarray, # (H, W, 3) uint8 BGR (float pixel images are c
         for x1, y1, x2, y2 in ([] if bb is None else np.asarray(bb).reshape(-1, 4)):
             cv2.rectangle(im, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), col, thickness, cv2.LINE_AA)
     if kps is not None:
-        for face in np.asarray(kps).reshape(-1, 5, 3):
-            for (x, y, wgt), col in zip(face, KPS_COLORS):
+        for face in kps_array(kps):
+            for j, (x, y, wgt) in enumerate(face):
+                col = KPS_COLORS[j % len(KPS_COLORS)]
                 if wgt > 0: cv2.circle(im, (int(round(x)), int(round(y))), max(2, thickness + 1), col, -1, cv2.LINE_AA)
     return im
 
@@ -294,7 +310,7 @@ def pipeline_steps(img:np.ndarray, ann:dict, rng,
     patch = m['crop']; side = patch[2] - patch[0]
     u8 = lambda im: np.asarray(im).clip(0, 255).astype(np.uint8)
     b = np.asarray(ann['bboxes'], np.float32).reshape(-1, 4)
-    k = np.asarray(ann['keypoints'], np.float32).reshape(-1, 5, 3)
+    k = kps_array(ann['keypoints'], len(b))
     bi = np.asarray(ann.get('bboxes_ignore', np.zeros((0, 4))), np.float32).reshape(-1, 4)
     steps = [('LoadAnnotations', img, b, k, bi)]
     b, k, bi = crop_annotations(b, k, bi, patch, clip)
@@ -302,7 +318,7 @@ def pipeline_steps(img:np.ndarray, ann:dict, rng,
     b, k, bi, _ = resize_annotations(b, k, bi, (side, side), (S, S), clip)
     im = crop_resize_image(img, patch, (S, S), pad_value=pipe.pad_value)
     steps.append(('Resize', u8(im), b, k, bi))
-    if m['flip']: b, k, bi = flip_annotations(b, k, bi, S); im = im[:, ::-1]
+    if m['flip']: b, k, bi = flip_annotations(b, k, bi, S, flip_permutation(pipe.flip_idx, k.shape[1], pipe.flip_ratio)); im = im[:, ::-1]
     steps.append(('RandomFlip', u8(im), b, k, bi))
     if m['photometric'] is not None:   # the distortion alone: mean 0, std 1, back to BGR
         rgb = photometric_normalize(np.array(im), PhotoParams(**m['photometric']), 0.0, 1.0)
