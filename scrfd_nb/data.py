@@ -244,13 +244,18 @@ class WiderFaceDataset(torch.utils.data.Dataset):
                  pipeline=None, # callable (img_u8, ann, rng) -> dict; default TrainPipeline(.from_config(cfg))
                  min_size:float|None=None, max_substitutes:int=16,
                  seed:int=0, # augmentation seed: sample i of epoch e draws from (seed, e, i) only
+                 records:list|None=None, # records already read (`formats.load_split`: COCO, YOLO-pose), with `images` their folder
                 ):
-        if root is None and (labelv2 is None or images is None): raise ValueError("give `root` or both `labelv2` and `images`")
-        self.labelv2 = Path(labelv2) if labelv2 is not None else Path(root)/'labelv2.txt'
+        if records is not None:
+            if images is None: raise ValueError("records need `images`, the folder their filenames are relative to")
+            self.labelv2, self.records, self.label_errors = Path(labelv2 or images), list(records), []
+        else:
+            if root is None and (labelv2 is None or images is None): raise ValueError("give `root` or both `labelv2` and `images`")
+            self.labelv2 = Path(labelv2) if labelv2 is not None else Path(root)/'labelv2.txt'
+            if not self.labelv2.exists(): raise FileNotFoundError(f"{self.labelv2}: no labelv2.txt (expected <split>/labelv2.txt)")
+            self.label_errors = []
+            self.records = parse_labelv2(self.labelv2, mode, min_size, on_error='skip', errors=self.label_errors)
         self.images = Path(images) if images is not None else Path(root)/'images'
-        if not self.labelv2.exists(): raise FileNotFoundError(f"{self.labelv2}: no labelv2.txt (expected <split>/labelv2.txt)")
-        self.label_errors = []
-        self.records = parse_labelv2(self.labelv2, mode, min_size, on_error='skip', errors=self.label_errors)
         if not self.records: raise ValueError(f"{self.labelv2}: no usable images")
         self.pipeline = pipeline or (TrainPipeline.from_config(cfg) if cfg is not None else TrainPipeline())
         self.max_substitutes, self.epoch, self.skipped, self.crop_fallbacks = max_substitutes, 0, Counter(), Counter()
@@ -413,6 +418,12 @@ def main(argv=None) -> int:
         sys.argv = ['python -m scrfd_nb.data', *argv]
         runpy.run_module('scrfd_nb.insight', run_name='__main__', alter_sys=True)   # exits with the report's status
         return 0
+    if argv[:1] == ['check'] and len(argv) > 1 and not argv[1].startswith('-') and \
+            (Path(argv[1]).is_dir() or Path(argv[1]).suffix.lower() in ('.yaml', '.yml', '.json')):
+        import runpy             # a dataset folder, a COCO JSON or an ultralytics YAML: `python -m scrfd_nb.formats check`
+        sys.argv = ['python -m scrfd_nb.data', *argv]   # (notebook 30), its own program: formats reads labelv2 through this module
+        runpy.run_module('scrfd_nb.formats', run_name='__main__', alter_sys=True)
+        return 0
     if argv[:1] == ['synthetic']:
         from scrfd_nb.synthetic import main as synthetic_main
         synthetic_main(argv[1:])
@@ -420,7 +431,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python -m scrfd_nb.data', description='WIDER FACE labelv2 tools.')
     sub = ap.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('check', help='report every problem in a labelv2 file (and its images) with file:line')
-    c.add_argument('labelv2', help='labelv2.txt to check')
+    c.add_argument('labelv2', help='labelv2.txt to check (or a dataset folder, COCO annotations.json or ultralytics data YAML: python -m scrfd_nb.formats check)')
     c.add_argument('--images', default=None, help='image folder the header paths are relative to (checks files and sizes)')
     c.add_argument('--mode', default='any', choices=['any', 'train', 'test'], help="'train': 4-value lines are errors")
     c.add_argument('--max-warnings', type=in_range(0, None, int), default=20, help='warnings printed (all are counted)')
