@@ -9,7 +9,7 @@ import numpy as np
 import cv2
 
 # %% auto #0
-__all__ = ['ARCFACE_DST', 'arcface_template', 'umeyama', 'estimate_norm', 'align_faces', 'save_crops']
+__all__ = ['ARCFACE_DST', 'arcface_template', 'umeyama', 'estimate_norm', 'align_faces', 'rectify_quad', 'save_crops']
 
 # %% ../nbs/22_align.ipynb #4689682c
 ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -66,6 +66,23 @@ def align_faces(image_bgr:np.ndarray, # (h, w, 3) uint8 image (any channel order
     for i, p in enumerate(k):
         out[i] = cv2.warpAffine(image_bgr, estimate_norm(p, size), (size, size), borderValue=0.0)
     return out
+
+# %% ../nbs/22_align.ipynb #0f368ff2
+def rectify_quad(img:np.ndarray, # (h, w[, c]) image
+                 pts4,           # (4, 2) corners in image px: top-left, top-right, bottom-right, bottom-left
+                 size=None,      # (w, h) of the crop; None: the longer of each pair of opposite edges
+                ) -> np.ndarray: # (h, w[, c]) the object seen straight on
+    "The perspective-rectified crop of a four-point object (a card, a document) with `cv2.getPerspectiveTransform`."
+    p = np.asarray(pts4, np.float64)
+    if p.shape != (4, 2): raise ValueError(f"pts4 must have shape (4, 2) (top-left, top-right, bottom-right, bottom-left), got {np.shape(pts4)}")
+    if size is None:
+        e = lambda a, b: float(np.linalg.norm(p[a] - p[b]))
+        size = (max(1, round(max(e(0, 1), e(3, 2)))), max(1, round(max(e(0, 3), e(1, 2)))))
+    w, h = (int(v) for v in size)
+    if w < 1 or h < 1: raise ValueError(f"size must be positive (w, h), got {size}")
+    dst = np.float32([[0, 0], [w, 0], [w, h], [0, h]]) - 0.5
+    M = cv2.getPerspectiveTransform(np.float32(p - 0.5), dst)
+    return cv2.warpPerspective(img, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 # %% ../nbs/22_align.ipynb #134cf769
 def save_crops(image_bgr:np.ndarray, kps, out_dir, stem:str, size:int=112, ext:str='.png') -> list[Path]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from dataclasses import dataclass, field, fields, replace, is_dataclass, asdict
 
 # %% auto #0
-__all__ = ['KPS_FLIP', 'PRESETS', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg',
-           'TrainCfg', 'field_docs', 'SCRFDConfig', 'flip_permutation', 'kps_flip', 'class_names', 'config_key',
-           'apply_overrides', 'get_config', 'is_config_file', 'read_config_file', 'write_config_file',
-           'config_overrides', 'config_to_dict', 'config_from_dict']
+__all__ = ['PRESETS', 'KPS_FLIP', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg',
+           'TrainCfg', 'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'is_config_file',
+           'read_config_file', 'write_config_file', 'config_overrides', 'config_to_dict', 'config_from_dict',
+           'flip_permutation', 'kps_flip', 'class_names']
 
 # %% ../nbs/01_config.ipynb #31defda8
 @dataclass(frozen=True)
@@ -158,35 +158,6 @@ class SCRFDConfig:
     def to_dict(self) -> dict:
         "Nested plain dict (tuples kept), e.g. for a checkpoint or JSON."
         return asdict(self)
-
-# %% ../nbs/01_config.ipynb #41caf474
-KPS_FLIP = (1, 0, 2, 4, 3)  # face landmarks: left/right eye and mouth corners swap under a horizontal flip
-
-def flip_permutation(flip_idx:tuple, # `data.flip_idx` (() for the default)
-                     K:int,           # keypoints per object
-                     flip_ratio:float=0.5) -> tuple:
-    "Which point each point becomes under a horizontal flip: `flip_idx`, else the face order (K = 5), else none needed (K = 0 or no flips)."
-    p = tuple(flip_idx)
-    if not p:
-        if K == 5: return KPS_FLIP
-        if K == 0 or flip_ratio == 0: return tuple(range(K))
-        raise ValueError(f"data.flip_idx: the model has {K} keypoints per object; say which becomes which under a "
-                         f"horizontal flip (flip_idx, as ultralytics' data YAML), or set data.flip_ratio=0")
-    if sorted(p) != list(range(K)):
-        raise ValueError(f"data.flip_idx {p} is not a permutation of 0..{K - 1} (the model has {K} keypoints)")
-    return p
-
-def kps_flip(cfg:SCRFDConfig) -> tuple:
-    "`flip_permutation` of `cfg`: its `data.flip_idx` for the model's K."
-    return flip_permutation(cfg.data.flip_idx, cfg.model.head.num_kps, cfg.data.flip_ratio)
-
-def class_names(cfg:SCRFDConfig) -> tuple:
-    "A name per class: `data.class_names`, or 'face' for one class and 'class0', 'class1', ... for several."
-    C, n = cfg.model.head.num_classes, tuple(cfg.data.class_names)
-    if C < 1: raise ValueError(f"model.head.num_classes must be >= 1, got {C}")
-    if not n: return ('face',) if C == 1 else tuple(f'class{i}' for i in range(C))
-    if len(n) != C: raise ValueError(f"data.class_names has {len(n)} names for {C} classes: {n}")
-    return n
 
 # %% ../nbs/01_config.ipynb #fe2db390
 def _resnet(blocks, planes, stem, block='basic') -> BackboneCfg:
@@ -338,3 +309,32 @@ def config_from_dict(d:dict) -> SCRFDConfig:
     name = d.get('name', 'custom')
     base = PRESETS.get(name, SCRFDConfig(name=name))
     return apply_overrides(base, **{k: v for k, v in d.items() if k != 'name'})
+
+# %% ../nbs/01_config.ipynb #41caf474
+KPS_FLIP = (1, 0, 2, 4, 3)  # face landmarks: left/right eye and mouth corners swap under a horizontal flip
+
+def flip_permutation(flip_idx:tuple, # `data.flip_idx` (() for the default)
+                     K:int,           # keypoints per object
+                     flip_ratio:float=0.5) -> tuple:
+    "Which point each point becomes under a horizontal flip: `flip_idx`, else the face order (K = 5), else none needed (K = 0 or no flips)."
+    p = tuple(flip_idx)
+    if not p:
+        if K == 5: return KPS_FLIP
+        if K == 0 or flip_ratio == 0: return tuple(range(K))
+        raise ValueError(f"data.flip_idx: the model has {K} keypoints per object; say which becomes which under a "
+                         f"horizontal flip (flip_idx, as ultralytics' data YAML), or set data.flip_ratio=0")
+    if sorted(p) != list(range(K)):
+        raise ValueError(f"data.flip_idx {p} is not a permutation of 0..{K - 1} (the model has {K} keypoints)")
+    return p
+
+def kps_flip(cfg:SCRFDConfig) -> tuple:
+    "`flip_permutation` of `cfg`: its `data.flip_idx` for the model's K."
+    return flip_permutation(cfg.data.flip_idx, cfg.model.head.num_kps, cfg.data.flip_ratio)
+
+def class_names(cfg:SCRFDConfig) -> tuple:
+    "A name per class: `data.class_names`, or 'face' for one class and 'class0', 'class1', ... for several."
+    C, n = cfg.model.head.num_classes, tuple(cfg.data.class_names)
+    if C < 1: raise ValueError(f"model.head.num_classes must be >= 1, got {C}")
+    if not n: return ('face',) if C == 1 else tuple(f'class{i}' for i in range(C))
+    if len(n) != C: raise ValueError(f"data.class_names has {len(n)} names for {C} classes: {n}")
+    return n

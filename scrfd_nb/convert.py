@@ -13,9 +13,9 @@ from .transforms import read_image, ImageError
 from .core import UsageError, run_cli, check_output, same_path
 
 # %% auto #0
-__all__ = ['Face', 'MISSING', 'IMAGE_EXTS', 'KPS_NAMES', 'fmt', 'face_line', 'write_labelv2', 'read_labelv2', 'read_sizes',
-           'image_size', 'size_lookup', 'read_retinaface', 'retinaface_to_labelv2', 'read_yolo', 'yolo_to_labelv2',
-           'read_coco', 'coco_to_labelv2', 'labelv2_to_yolo', 'labelv2_to_coco', 'main']
+__all__ = ['Face', 'MISSING', 'IMAGE_EXTS', 'fmt', 'face_line', 'write_labelv2', 'read_labelv2', 'read_sizes', 'image_size',
+           'size_lookup', 'read_retinaface', 'retinaface_to_labelv2', 'read_yolo', 'yolo_to_labelv2', 'read_coco',
+           'coco_to_labelv2', 'labelv2_to_yolo', 'labelv2_to_coco', 'main']
 
 # %% ../nbs/21_convert.ipynb #dfe7d34b
 Face = namedtuple('Face', 'box kps ignore')   # box [x1,y1,x2,y2] px; kps (5,3) `x y flag` rows or None; ignore bool
@@ -256,7 +256,7 @@ def coco_to_labelv2(src, out, category=None, decimals:int=3, box_only:int=5) -> 
     return _stats(records, dropped)
 
 # %% ../nbs/21_convert.ipynb #69240cc8
-KPS_NAMES = ('left_eye', 'right_eye', 'nose', 'left_mouth', 'right_mouth')   # labelv2 order (image left/right)
+from .core import KPS_NAMES   # the face landmarks' names, labelv2 order (image left/right)
 
 def _yolo_line(f:Face, W, H, layout, ignore_class, clip, dec=8) -> str|None:
     x1, y1, x2, y2 = f.box

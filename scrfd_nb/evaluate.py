@@ -591,19 +591,19 @@ def greedy_match(pred:np.ndarray,  # (n, 5) [x, y, w, h, score]
     return match
 
 def landmark_nme(pred:np.ndarray,     # (n, 5) [x, y, w, h, score]
-                 pred_kps:np.ndarray, # (n, 5, 2) predicted keypoints
+                 pred_kps:np.ndarray, # (n, K, 2) predicted keypoints (K = 5 for faces)
                  gt:np.ndarray,       # (g, 4) [x, y, w, h]
-                 gt_kps:np.ndarray,   # (g, 5, 3) [x, y, annotated]
+                 gt_kps:np.ndarray,   # (g, K, 3) [x, y, annotated]
                  iou_thresh:float=0.5,
                 ) -> np.ndarray:      # (g,) float64 NME per face; nan when unmatched or without annotated keypoints
     "Per face: mean L2 keypoint error over its annotated keypoints / √(w·h) of its box, for the prediction matched to it."
-    gt_kps = np.asarray(gt_kps, np.float64).reshape(-1, 5, 3)
+    gt_kps = np.asarray(gt_kps, np.float64).reshape(len(gt), -1, 3)
     nme = np.full(len(gt), np.nan)
     match = greedy_match(pred, gt, iou_thresh)
     vis = gt_kps[..., 2] > 0
     ok = (match >= 0) & vis.any(1)
     if not ok.any(): return nme
-    d = np.linalg.norm(np.asarray(pred_kps, np.float64).reshape(-1, 5, 2)[match[ok]] - gt_kps[ok, :, :2], axis=-1)
+    d = np.linalg.norm(np.asarray(pred_kps, np.float64).reshape(len(pred), -1, 2)[match[ok]] - gt_kps[ok, :, :2], axis=-1)
     size = np.sqrt(np.asarray(gt, np.float64)[ok, 2] * np.asarray(gt, np.float64)[ok, 3])
     nme[ok] = (d * vis[ok]).sum(1) / vis[ok].sum(1) / size
     return nme

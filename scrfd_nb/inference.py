@@ -324,7 +324,8 @@ def merge_detections(passes:list,  # one image's detections of several passes: d
     cv = get_convention(mode)
     nms_thr = cv.nms_thr if nms_thr is None else nms_thr
     boxes, scores = torch.cat([torch.as_tensor(p['boxes']).reshape(-1, 4) for p in passes]), torch.cat([torch.as_tensor(p['scores']).reshape(-1) for p in passes])
-    kps = None if any(p.get('kps') is None for p in passes) else torch.cat([torch.as_tensor(p['kps']).reshape(len(p['scores']), -1, 2) for p in passes])
+    kp3 = lambda k, n: k if k.ndim == 3 else k.reshape(n, -1, 2)                    # (n, K, 2), also for n = 0
+    kps = None if any(p.get('kps') is None for p in passes) else torch.cat([kp3(torch.as_tensor(p['kps']), len(p['scores'])) for p in passes])
     labels = torch.cat([torch.as_tensor(p['labels']).reshape(-1) if p.get('labels') is not None else
                         torch.zeros(len(p['scores']), dtype=torch.long) for p in passes]).long()
     keep = batched_nms(boxes, scores, torch.zeros_like(labels) if class_agnostic else labels, nms_thr, cv.plus_one, cv.suppress_equal)

@@ -101,19 +101,24 @@ def to_xywh(boxes, scores) -> np.ndarray:
     out[:, 2:4] -= out[:, 0:2]
     return out
 
-def decode_batch(outs:list,        # export layout: per level scores (B, rows, 1), boxes (B, rows, 4)[, kps]
+def decode_batch(outs:list,        # export layout: per level scores (B, rows, C), boxes (B, rows, 4)[, kps (B, rows, 2K)]
                  metas:list,       # per image: img_hw, scale, orig_hw, pad_hw (from `resize_for_test`)
                  score_thr:float=DetectCfg.score_thr, nms_thr:float=DetectCfg.nms_thr, strides=STRIDES,
                  nms_pre:int=-1,   # >0: each image's best candidates only (`detect.postprocess_flat`)
-                ) -> list[np.ndarray]:
-    "mmdet test-path detections per image as (n, 5) float32 `[x, y, w, h, score]` in original pixels."
+                 full:bool=False,  # whole detections: dicts of numpy `boxes` (n, 4) xyxy, `scores`, `labels`, `kps` (n, K, 2) or None
+                 class_agnostic:bool=False, # several classes: one NMS over all of them
+                ) -> list:
+    "mmdet test-path detections per image as (n, 5) float32 `[x, y, w, h, score]` in original pixels (or `full` dicts)."
     L = len(strides)
-    scores = torch.cat(outs[:L], 1)[..., 0]
+    scores = torch.cat(outs[:L], 1)
+    if scores.shape[-1] == 1: scores = scores[..., 0]                 # one class (faces)
     bbox = torch.cat(outs[L:2*L], 1)
+    kps = torch.cat(outs[2*L:3*L], 1) if full and len(outs) >= 3 * L else None   # WIDER scores boxes only: no keypoint decoding
     fs = feat_sizes_for(*metas[0]['pad_hw'], strides)
     A = outs[0].shape[1] // (fs[0][0] * fs[0][1])
-    dets = postprocess_flat(scores, bbox, None, fs, metas, 'mmdet', score_thr, nms_thr, strides=strides, num_anchors=A,
-                            nms_pre=nms_pre)
+    dets = postprocess_flat(scores, bbox, kps, fs, metas, 'mmdet', score_thr, nms_thr, strides=strides, num_anchors=A,
+                            nms_pre=nms_pre, class_agnostic=class_agnostic)
+    if full: return [{k: (None if v is None else v.cpu().numpy()) for k, v in d.items() if k != 'anchor_idx'} for d in dets]
     return [to_xywh(d['boxes'].cpu().numpy(), d['scores'].cpu().numpy()) for d in dets]
 
 def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any callable with the export layout)
@@ -123,8 +128,11 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
                       failed:list|None=None,  # given: unreadable images go here as (path, message) and the run goes on
                       nms_pre:int=-1,         # >0: each image's best candidates only (the trainer's evaluation: 1000)
                       extra_modes=(),         # more passes (modes, e.g. 320 for close-up faces), merged by NMS (`merge_preds`)
+                      full:bool=False,        # whole detections (`decode_batch`'s dicts with labels and keypoints), one pass
+                      class_agnostic:bool=False,
                      ) -> dict:               # preds[event][name] = (n, 5) float32 x, y, w, h, score
     "Detections for every image with the reference test protocol, batched over images of equal padded shape."
+    if extra_modes and full: raise ValueError("full detections come from one pass (no extra_modes)")
     if extra_modes:
         passes = [predict_widerface(runner, items, m, score_thr, nms_thr, batch_size, workers, progress,
                                     failed if i == 0 else [], nms_pre) for i, m in enumerate((mode, *extra_modes))]
@@ -144,7 +152,8 @@ def predict_widerface(runner,                 # TorchRunner / OnnxRunner (or any
         for pad_hw, group in groups.items():
             metas = [m for _, m in group]
             x = make_batch([im for im, _ in group], pad_hw, 0.0, dev)     # mmdet pads with 0 after normalising
-            for m, d in zip(metas, decode_batch(runner(x), metas, score_thr, nms_thr, nms_pre=nms_pre)):
+            for m, d in zip(metas, decode_batch(runner(x), metas, score_thr, nms_thr, nms_pre=nms_pre, full=full,
+                                                class_agnostic=class_agnostic)):
                 preds.setdefault(m['event'], {})[m['name']] = d
         if bar: bar.update(len(batch))
     if bar: bar.close()

@@ -11,10 +11,11 @@ import numpy as np
 import cv2
 
 # %% auto #0
-__all__ = ['PRESETS', 'SHIFT', 'AA_GROW', 'VERSION', 'README', 'Scene', 'SynthConfig', 'ellipse', 'poly', 'skin_color',
-           'hair_color', 'make_background', 'FaceGeom', 'random_geom', 'draw_face', 'render_image', 'face_line',
-           'resolve_params', 'read_meta', 'make_synthetic_widerface', 'ensure_synthetic', 'read_synthetic_labels',
-           'draw_annotations', 'main']
+__all__ = ['PRESETS', 'SHIFT', 'AA_GROW', 'CARD_ASPECT', 'CARD_QUAD', 'VERSION', 'FORMATS', 'README', 'README_COCO',
+           'COCO_CATEGORIES', 'Scene', 'SynthConfig', 'ellipse', 'poly', 'skin_color', 'hair_color', 'make_background',
+           'FaceGeom', 'random_geom', 'draw_face', 'render_image', 'CardGeom', 'random_card', 'card_texture',
+           'draw_card', 'face_line', 'resolve_params', 'read_meta', 'coco_categories', 'coco_annotation', 'coco_file',
+           'make_synthetic_widerface', 'ensure_synthetic', 'read_synthetic_labels', 'draw_annotations', 'main']
 
 # %% ../nbs/14_synthetic.ipynb #0e931688
 @dataclass
@@ -44,6 +45,8 @@ class SynthConfig:
     hard_negatives:bool = True          # featureless skin blobs and backs of heads in the background
     noise:float = 6.0                   # max std of per-pixel gaussian noise
     jpeg_quality:int = 90
+    cards:tuple = (0, 0)                # (min, max) ID cards per picture, inclusive ((0, 0): faces only, the pictures of before)
+    card_size:tuple = (24, 320)         # (min, max) card width px before the tilt, log-uniform (capped by the picture)
 
 PRESETS = {
     'tiny':    dict(num_train=16,  num_val=8,   image_size=(160, 256)),
@@ -315,7 +318,7 @@ def _overlap(b, boxes):
     return float((iw * ih / np.minimum(a1, a2)).max())
 
 def render_image(rng, cfg:SynthConfig=None, val:bool=False, scene:int=None):
-    "One synthetic picture: (img (h, w, 3) uint8 BGR, event name, faces list of dicts with box, kps (5, 3), ignore)."
+    "One synthetic picture: (img (h, w, 3) uint8 BGR, event name, list of object dicts with box, kps (5, 3), ignore; cards have kind='card')."
     cfg = cfg or SynthConfig()
     lo, hi = cfg.image_size
     w, h = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
@@ -328,6 +331,7 @@ def render_image(rng, cfg:SynthConfig=None, val:bool=False, scene:int=None):
         if (not any(f['ignore'] for f in faces)) if val else (not all(f['ignore'] for f in faces)): break
     if val:
         for f in faces: f['ignore'] = False   # after 20 redraws: keep it, counted
+    if cfg.cards[1] > 0: faces += _draw_cards(img, rng, cfg, [f['box'] for f in faces])   # cards: see below
     if rng.random() < cfg.image_blur_prob: img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
     amp = int(rng.integers(0, int(cfg.noise) + 1))            # sensor noise: uniform, same on all channels
     if amp > 0:
@@ -371,8 +375,105 @@ def _draw_faces(img, rng, cfg, sc, val):
         faces.append(dict(box=bx, kps=np.concatenate([kp, flag[:, None]], 1), ignore=bool(ign), visible=round(vis, 3)))
     return faces
 
+# %% ../nbs/14_synthetic.ipynb #e94d834e
+CARD_ASPECT = 85.60 / 53.98    # ISO/IEC 7810 ID-1 card, width / height
+CARD_QUAD = (0, 1, 4, 3)       # keypoint slots of the corners top-left, top-right, bottom-right, bottom-left
+
+@dataclass
+class CardGeom:
+    "An ID-1 card seen at a slant; its corners, keypoints and box follow exactly from it."
+    cx:float; cy:float          # where the card's centre lands, px
+    w:float                     # card width px (before the tilt); height w / CARD_ASPECT
+    roll:float = 0.0            # in-plane rotation, radians (clockwise on screen)
+    tilt:tuple = (0.0, 0.0)     # turn about the card's vertical and horizontal axes, radians (perspective)
+    dist:float = 3.0            # camera distance in card widths (smaller: stronger perspective)
+
+    def corners(self) -> np.ndarray:
+        "(4, 2) image corners: the card's top-left, top-right, bottom-right, bottom-left."
+        hw, hh = self.w / 2, self.w / CARD_ASPECT / 2
+        p = np.array([[-hw, -hh, 0], [hw, -hh, 0], [hw, hh, 0], [-hw, hh, 0]])
+        a, b = self.tilt
+        Ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        Rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+        q = p @ (Ry @ Rx).T
+        f = self.dist * self.w
+        return (q[:, :2] * (f / (f + q[:, 2:3]))) @ _rot(self.roll).T + [self.cx, self.cy]
+
+    def keypoints(self) -> np.ndarray:
+        "(5, 3) keypoints x, y, flag in the face's slots: top-left, top-right, absent (flag -1), bottom-left, bottom-right."
+        k = np.zeros((5, 3)); k[2, 2] = -1
+        k[list(CARD_QUAD), :2] = self.corners()
+        return k
+
+    def box(self) -> np.ndarray:
+        "Tight axis-aligned box x1 y1 x2 y2 px: the corners' box."
+        c = self.corners(); return np.concatenate([c.min(0), c.max(0)])
+
+def random_card(rng, width:float, cx:float, cy:float) -> CardGeom:
+    "A card `width` px wide centred at (cx, cy), with a random roll, tilt and camera distance."
+    roll = math.radians(float(np.clip(rng.normal(0, 10), -25, 25)))
+    tilt = tuple(math.radians(float(v)) for v in np.clip(rng.normal(0, 20, 2), -45, 45))
+    return CardGeom(cx, cy, width, roll, tilt, float(rng.uniform(1.5, 4.0)))
+
+# %% ../nbs/14_synthetic.ipynb #dccaa795
+def card_texture(rng, w:int, h:int) -> np.ndarray:
+    "A flat (h, w, 3) uint8 BGR ID card: base, header band, photo box, chip, text lines, number strip."
+    base = rng.uniform(170, 250, 3)
+    tex = np.empty((h, w, 3), np.uint8); tex[:] = base.astype(np.uint8)
+    S = lambda x, y: (int(round(x * w)), int(round(y * h)))
+    band = rng.uniform(30, 200, 3)
+    cv2.rectangle(tex, S(0, 0), S(1, rng.uniform(0.14, 0.24)), _col(band), -1)
+    x0, y0 = rng.uniform(0.05, 0.08), rng.uniform(0.3, 0.36)
+    cv2.rectangle(tex, S(x0, y0), S(x0 + 0.26, 0.9), _col(rng.uniform(60, 160, 3)), -1)          # photo
+    cv2.rectangle(tex, S(x0 + 0.03, y0 + 0.06), S(x0 + 0.23, 0.86), _col(rng.uniform(90, 200, 3)), -1)
+    cv2.rectangle(tex, S(0.38, 0.32), S(0.5, 0.5), (60, 170, 210), -1)                            # chip
+    for k in range(int(rng.integers(2, 5))):                                                       # text lines
+        y = 0.58 + 0.09 * k
+        cv2.rectangle(tex, S(0.38, y), S(rng.uniform(0.6, 0.94), y + 0.04), _col(rng.uniform(10, 80, 3)), -1)
+    cv2.rectangle(tex, S(0.04, 0.93), S(0.96, 0.97), _col(band * 0.6), -1)                         # number strip
+    return tex
+
+def draw_card(img, corners:np.ndarray, tex:np.ndarray):
+    "Map `tex` onto `img` (in place) with its corners at `corners` (4, 2) px: top-left, top-right, bottom-right, bottom-left."
+    h, w = img.shape[:2]; th, tw = tex.shape[:2]
+    c = np.asarray(corners, np.float64)
+    x0, y0 = max(int(math.floor(c[:, 0].min())) - 1, 0), max(int(math.floor(c[:, 1].min())) - 1, 0)
+    x1, y1 = min(int(math.ceil(c[:, 0].max())) + 1, w), min(int(math.ceil(c[:, 1].max())) + 1, h)
+    if x1 <= x0 or y1 <= y0: return
+    src = np.float32([[0, 0], [tw, 0], [tw, th], [0, th]]) - 0.5
+    M = cv2.getPerspectiveTransform(src, np.float32(c - [x0, y0] - 0.5))
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpPerspective(tex, M, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    alpha = cv2.warpPerspective(np.ones((th, tw), np.float32), M, size, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+    roi = img[y0:y1, x0:x1]
+    roi[:] = (roi * (1 - alpha) + warped * alpha + 0.5).astype(np.uint8)
+
+def _draw_cards(img, rng, cfg:SynthConfig, boxes) -> list[dict]:
+    "Draw cfg.cards cards where they overlap no face box nor each other; their object dicts (kind='card')."
+    h, w = img.shape[:2]
+    n = int(rng.integers(cfg.cards[0], cfg.cards[1] + 1))
+    wmax = min(cfg.card_size[1], 0.6 * min(w, h)); wmin = min(cfg.card_size[0], wmax)
+    boxes, out = list(boxes), []
+    for _ in range(n):
+        cw = math.exp(rng.uniform(math.log(wmin), math.log(wmax)))
+        for _ in range(30):
+            g = random_card(rng, cw, 0.0, 0.0)
+            x1, y1, x2, y2 = g.box()
+            if x2 - x1 >= w or y2 - y1 >= h: continue
+            g.cx, g.cy = rng.uniform(-x1, w - x2), rng.uniform(-y1, h - y2)
+            if _overlap(g.box(), boxes) <= 0: break
+        else: continue
+        c = g.corners()
+        tw = max(8, int(math.ceil(max(np.linalg.norm(c[1] - c[0]), np.linalg.norm(c[2] - c[3])))))
+        draw_card(img, c, card_texture(rng, tw, max(5, int(round(tw / CARD_ASPECT)))))
+        boxes.append(g.box())
+        out.append(dict(kind='card', box=g.box(), kps=g.keypoints(), ignore=False, visible=1.0))
+    return out
+
 # %% ../nbs/14_synthetic.ipynb #495f065d
 VERSION = 1   # bump when the pictures change for the same seed and parameters
+FORMATS = ('labelv2', 'coco')   # labelv2: WIDER FACE layout, faces only; coco: <split>/annotations.json + <split>/images/
 
 def face_line(f:dict) -> str:
     "One labelv2 line: 19 values for a face, `x1 y1 x2 y2 1` for an ignore box."
@@ -382,8 +483,8 @@ def face_line(f:dict) -> str:
     return s + ''.join(f' {x:.3f} {y:.3f} {fl:.1f}' for x, y, fl in f['kps'])
 
 def _one(args):
-    "Render, encode and write picture `i` of a split; returns its labelv2 block and face counts."
-    root, split, i, seed, cfg = args
+    "Render, encode and write picture `i` of a split; returns its labels (a labelv2 block, or COCO entries) and counts."
+    root, split, i, seed, cfg, fmt = args if len(args) == 6 else (*args, 'labelv2')
     rng = np.random.default_rng([seed, 0 if split == 'train' else 1, i])   # each picture on its own stream
     img, event, faces = render_image(rng, cfg, val=split == 'val')
     h, w = img.shape[:2]
@@ -392,13 +493,19 @@ def _one(args):
     p.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)])
     p.write_bytes(buf.tobytes())
-    lines = [f'# {name} {w} {h}'] + [face_line(f) for f in faces]
+    objs, faces = faces, [f for f in faces if f.get('kind', 'face') == 'face']
     sizes = [float(f['box'][3] - f['box'][1]) for f in faces if not f['ignore']]
+    if fmt == 'coco':
+        return ((dict(file_name=name, width=w, height=h), [coco_annotation(o) for o in objs]),
+                len(sizes), len(faces) - len(sizes), sizes, len(objs) - len(faces))
+    lines = [f'# {name} {w} {h}'] + [face_line(f) for f in faces]
     return '\n'.join(lines) + '\n', len(sizes), len(faces) - len(sizes), sizes
 
-def resolve_params(num_train=None, num_val=None, seed:int=0, image_size=None, preset:str='default', **overrides) -> dict:
+def resolve_params(num_train=None, num_val=None, seed:int=0, image_size=None, preset:str='default', fmt:str='labelv2',
+                   **overrides) -> dict:
     "The full, JSON-able description of a dataset: what `meta.json` stores and what decides reuse."
     if preset not in PRESETS: raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
+    if fmt not in FORMATS: raise ValueError(f'unknown format {fmt!r}; choose from {list(FORMATS)}')
     p = PRESETS[preset]
     bad = set(overrides) - {f.name for f in dataclasses.fields(SynthConfig)}
     if bad: raise TypeError(f'unknown synthetic option(s) {sorted(bad)}')
@@ -406,8 +513,14 @@ def resolve_params(num_train=None, num_val=None, seed:int=0, image_size=None, pr
     nt, nv = (p['num_train'] if num_train is None else num_train), (p['num_val'] if num_val is None else num_val)
     if nt < 0 or nv < 0: raise ValueError('image counts must be >= 0')
     if not (8 <= cfg.image_size[0] <= cfg.image_size[1]): raise ValueError(f'bad image_size {cfg.image_size}')
-    return json.loads(json.dumps(dict(generator='scrfd_nb.synthetic', version=VERSION, seed=int(seed),
-                                      num_train=int(nt), num_val=int(nv), config=asdict(cfg))))
+    if not (len(cfg.cards) == 2 and 0 <= cfg.cards[0] <= cfg.cards[1]): raise ValueError(f'bad cards {cfg.cards}: want (min, max), 0 <= min <= max')
+    if not (len(cfg.card_size) == 2 and 4 <= cfg.card_size[0] <= cfg.card_size[1]): raise ValueError(f'bad card_size {cfg.card_size}')
+    if cfg.cards[1] > 0 and fmt == 'labelv2': raise ValueError('cards need the coco format: labelv2 holds faces only')
+    c = asdict(cfg)
+    if cfg.cards[1] == 0: del c['cards'], c['card_size']    # faces only: described (meta.json, reuse) as before cards existed
+    p = dict(generator='scrfd_nb.synthetic', version=VERSION, seed=int(seed), num_train=int(nt), num_val=int(nv), config=c)
+    if fmt != 'labelv2': p['format'] = fmt
+    return json.loads(json.dumps(p))
 
 def _cfg_from(params) -> SynthConfig:
     c = dict(params['config'])
@@ -423,27 +536,37 @@ def read_meta(root) -> dict|None:
 
 def _generate(tmp:Path, params:dict, workers:int=1, verbose:bool=False) -> dict:
     cfg = _cfg_from(params); counts = {}
+    fmt = params.get('format', 'labelv2')
     tmp.mkdir(parents=True)
     for split in ('train', 'val'):
         n = params[f'num_{split}']
         if n == 0: counts[split] = dict(images=0, faces=0, ignore=0); continue   # no folder: no empty val set
-        jobs = [(str(tmp), split, i, params['seed'], cfg) for i in range(n)]
+        jobs = [(str(tmp), split, i, params['seed'], cfg) + ((fmt,) if fmt != 'labelv2' else ()) for i in range(n)]
         if workers > 1 and n >= 2 * workers:
             import multiprocessing as mp
             with mp.get_context('spawn').Pool(workers) as pool: res = pool.map(_one, jobs, chunksize=8)
         else: res = [_one(j) for j in jobs]
         (tmp/split).mkdir(parents=True, exist_ok=True)
-        (tmp/split/'labelv2.txt').write_text(''.join(r[0] for r in res))
+        if fmt == 'coco': (tmp/split/'annotations.json').write_text(coco_file(res, cfg))
+        else: (tmp/split/'labelv2.txt').write_text(''.join(r[0] for r in res))
         sizes = [s for r in res for s in r[3]]
         counts[split] = dict(images=n, faces=sum(r[1] for r in res), ignore=sum(r[2] for r in res),
                              face_size_px=dict(min=round(min(sizes), 1) if sizes else None,
                                                median=round(float(np.median(sizes)), 1) if sizes else None,
                                                max=round(max(sizes), 1) if sizes else None))
-        if verbose: print(f"{split}: {n} images, {counts[split]['faces']} faces, {counts[split]['ignore']} ignore boxes")
+        if fmt == 'coco': counts[split]['cards'] = sum(r[4] for r in res)
+        if verbose: print(f"{split}: {n} images, {counts[split]['faces']} faces, {counts[split]['ignore']} ignore boxes"
+                          + (f", {counts[split]['cards']} cards" if 'cards' in counts[split] else ''))
     meta = dict(params=params, counts=counts)   # no timings: same seed, same bytes
     lo, hi = params['config']['image_size']
-    (tmp/'README').write_text(README.format(**params, lo=lo, hi=hi, jpeg=params['config']['jpeg_quality'],
-                                            counts=json.dumps(counts, indent=1)))
+    if fmt == 'coco':
+        (tmp/'README').write_text(README_COCO.format(**params, lo=lo, hi=hi, jpeg=params['config']['jpeg_quality'],
+                                                     cards=' '.join(map(str, cfg.cards)), counts=json.dumps(counts, indent=1),
+                                                     names='; '.join(f"{c['id']} {c['name']} ({', '.join(c['keypoints'])})"
+                                                                     for c in coco_categories(cfg))))
+    else:
+        (tmp/'README').write_text(README.format(**params, lo=lo, hi=hi, jpeg=params['config']['jpeg_quality'],
+                                                counts=json.dumps(counts, indent=1)))
     (tmp/'meta.json').write_text(json.dumps(meta, indent=1) + '\n')   # written last
     return meta
 
@@ -458,15 +581,59 @@ Counts: {counts}
 Regenerate: python -m scrfd_nb.synthetic --out DIR --num-train {num_train} --num-val {num_val} --seed {seed} --image-size {lo} {hi} --jpeg-quality {jpeg}
 """
 
+README_COCO = """Synthetic faces-and-cards dataset in COCO layout written by scrfd_nb.synthetic (generator version {version}).
+Procedurally drawn faces (and ID cards at a slant) on cluttered backgrounds; every box and keypoint is exact.
+seed={seed} num_train={num_train} num_val={num_val} cards per picture={cards}
+Layout: train/annotations.json, train/images/<event>/<name>.jpg, val/annotations.json, val/images/...
+(file_name is relative to the split's images folder; one image or annotation per line).
+Categories (keypoints): {names}. A card's 'center' is never labelled (v=0): the five slots let faces and cards share
+one 5-point model whose horizontal flip swaps slots 0<->1 and 3<->4.
+Keypoints v: 2 visible, 1 occluded, 0 absent. Train ignore boxes are iscrowd=1 annotations. area = box w*h.
+val has no ignore boxes. Counts: {counts}
+Regenerate: python -m scrfd_nb.synthetic --out DIR --format coco --cards {cards} --num-train {num_train} --num-val {num_val} --seed {seed} --image-size {lo} {hi} --jpeg-quality {jpeg}
+"""
+
+# %% ../nbs/14_synthetic.ipynb #29ced03b
+from .core import KPS_NAMES   # the face landmarks' names (labelv2 order), as `convert` writes them
+COCO_CATEGORIES = (dict(id=1, name='face', supercategory='face', skeleton=[],
+                        keypoints=list(KPS_NAMES)),
+                   dict(id=2, name='card', supercategory='card', skeleton=[[1, 2], [2, 5], [5, 4], [4, 1]],
+                        keypoints=['top_left', 'top_right', 'center', 'bottom_left', 'bottom_right']))
+
+def coco_categories(cfg:SynthConfig) -> list[dict]:
+    "The categories of a dataset drawn with `cfg`: face, and card when it draws cards."
+    return [dict(c) for c in COCO_CATEGORIES[:2 if cfg.cards[1] > 0 else 1]]
+
+def coco_annotation(o:dict) -> dict:
+    "One COCO annotation (no ids) of a drawn face or card; an ignore box is iscrowd=1 without keypoints."
+    x1, y1, x2, y2 = (round(float(v), 2) for v in o['box'])
+    w, h = round(x2 - x1, 2), round(y2 - y1, 2)
+    kp = []
+    for x, y, fl in o['kps']:
+        kp += [0, 0, 0] if o['ignore'] or fl < 0 else [round(float(x), 3), round(float(y), 3), 2 if fl == 0 else 1]
+    return dict(category_id=2 if o.get('kind') == 'card' else 1, bbox=[x1, y1, w, h], area=round(w * h, 2),
+                iscrowd=int(o['ignore']), num_keypoints=sum(v > 0 for v in kp[2::3]), keypoints=kp)
+
+def coco_file(res:list, cfg:SynthConfig) -> str:
+    "The annotations.json text of a split from `_one`'s COCO results (image ids 1..n, annotation ids 1..m in order)."
+    images, anns = [], []
+    for i, r in enumerate(res):
+        (img, objs) = r[0]
+        images.append(dict(id=i + 1, **img))
+        anns += [dict(id=len(anns) + k + 1, image_id=i + 1, **a) for k, a in enumerate(objs)]
+    rows = lambda xs: ',\n'.join(json.dumps(x) for x in xs)
+    return ('{"info": ' + json.dumps(dict(description='scrfd_nb.synthetic', version=VERSION)) + ',\n"categories": [\n'
+            + rows(coco_categories(cfg)) + '\n],\n"images": [\n' + rows(images) + '\n],\n"annotations": [\n' + rows(anns) + '\n]}\n')
+
 # %% ../nbs/14_synthetic.ipynb #3cc6a089
 def _nonempty(p:Path) -> bool: return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 def make_synthetic_widerface(out_dir, num_train:int=None, num_val:int=None, seed:int=0, image_size:tuple=None,
                              preset:str='default', force:bool=False, workers:int=1, verbose:bool=False,
-                             **overrides) -> Path:
-    "Write a synthetic WIDER FACE dataset to `out_dir` (atomically); a no-op when it already holds the same one."
+                             fmt:str='labelv2', **overrides) -> Path:
+    "Write a synthetic WIDER FACE dataset (`fmt='coco'`: COCO layout, cards with `cards=`) to `out_dir` (atomically); a no-op when it already holds the same one."
     out = Path(out_dir).absolute()
-    params = resolve_params(num_train, num_val, seed, image_size, preset, **overrides)
+    params = resolve_params(num_train, num_val, seed, image_size, preset, fmt, **overrides)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent/f'.{out.name}.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)     # concurrent callers (several ranks) wait, then reuse
@@ -491,11 +658,11 @@ def make_synthetic_widerface(out_dir, num_train:int=None, num_val:int=None, seed
     return out
 
 def ensure_synthetic(root, num_train:int=None, num_val:int=None, seed:int=0, image_size:tuple=None,
-                     preset:str='default', workers:int=1, verbose:bool=False, **overrides) -> Path:
+                     preset:str='default', workers:int=1, verbose:bool=False, fmt:str='labelv2', **overrides) -> Path:
     "The synthetic dataset at `root`: generated on first use, reused when it matches, regenerated when ours but different."
     own = read_meta(root) is not None        # only ever replaces a dataset this module wrote
     return make_synthetic_widerface(root, num_train, num_val, seed, image_size, preset, force=own,
-                                    workers=workers, verbose=verbose, **overrides)
+                                    workers=workers, verbose=verbose, fmt=fmt, **overrides)
 
 def read_synthetic_labels(path) -> list[dict]:
     "Strict little labelv2 reader: per image dict(file, width, height, boxes (n,4), kps (n,5,3), ignore (m,4))."
@@ -527,14 +694,16 @@ def draw_annotations(img:np.ndarray, # (h, w, 3) uint8 BGR
     for b, k in zip(rec['boxes'], rec['kps']):
         cv2.rectangle(img, _p(*b[:2]), _p(*b[2:]), (0, 255, 0), 1, cv2.LINE_AA, SHIFT)
         r = max(1.0, 0.04 * (b[3] - b[1]))
-        for (x, y, fl), c in zip(k, KPS_COLORS): cv2.circle(img, _p(x, y), int(r * _S), c, -1 if fl == 0 else 1, cv2.LINE_AA, SHIFT)
+        for (x, y, fl), c in zip(k, KPS_COLORS):
+            if fl >= 0: cv2.circle(img, _p(x, y), int(r * _S), c, -1 if fl == 0 else 1, cv2.LINE_AA, SHIFT)   # -1: absent
     return img
 
 # %% ../nbs/14_synthetic.ipynb #a6ace984
 def main(argv=None):
-    "CLI: python -m scrfd_nb.synthetic --out DIR [--num-train N] [--num-val N] [--seed S] [--preset P] [--force]"
+    "CLI: python -m scrfd_nb.synthetic --out DIR [--num-train N] [--num-val N] [--seed S] [--preset P] [--format coco --cards N] [--force]"
     ap = argparse.ArgumentParser(prog='python -m scrfd_nb.synthetic',
-                                 description='Write a synthetic WIDER FACE dataset (train/val images and labelv2.txt).')
+                                 description='Write a synthetic WIDER FACE dataset (train/val images and labelv2.txt; '
+                                             'or, with --format coco, annotations.json, with ID cards as a second class by --cards).')
     ap.add_argument('--out', required=True, help='dataset folder to create (refuses a non-empty different one without --force)')
     ap.add_argument('--preset', default='default', choices=sorted(PRESETS), help='size preset (counts, image sizes)')
     ap.add_argument('--num-train', type=int, default=None, help='training images (default: from the preset)')
@@ -545,10 +714,19 @@ def main(argv=None):
     ap.add_argument('--jpeg-quality', type=int, default=90)
     ap.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='processes drawing pictures')
     ap.add_argument('--force', action='store_true', help='replace whatever is in --out')
+    ap.add_argument('--format', dest='fmt', default='labelv2', choices=FORMATS,
+                    help='labelv2: WIDER FACE layout, faces only (default); coco: <split>/annotations.json + <split>/images/')
+    ap.add_argument('--cards', type=int, nargs='+', metavar='N', default=None,
+                    help='ID cards per picture: MAX (0..MAX) or MIN MAX; needs --format coco')
     a = ap.parse_args(argv)
+    extra = {}
+    if a.cards is not None:
+        if len(a.cards) > 2 or min(a.cards) < 0: ap.error(f'--cards: give MAX or MIN MAX, counts >= 0 (got {a.cards})')
+        extra['cards'] = (0, a.cards[0]) if len(a.cards) == 1 else tuple(a.cards)
+        if extra['cards'][1] > 0 and a.fmt != 'coco': ap.error('--cards needs --format coco: labelv2 holds faces only')
     t0 = time.time()
     try: out = make_synthetic_widerface(a.out, a.num_train, a.num_val, a.seed, a.image_size, a.preset, force=a.force,
-                                        workers=a.workers, verbose=True, jpeg_quality=a.jpeg_quality)
+                                        workers=a.workers, verbose=True, jpeg_quality=a.jpeg_quality, fmt=a.fmt, **extra)
     except (FileExistsError, ValueError) as e: ap.error(str(e))
     m = read_meta(out)
     print(f"{out}: {m['counts']['train']['images']} train + {m['counts']['val']['images']} val images "

@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import UsageError, run_cli
-from .config import PRESETS, TrainCfg, DataCfg, SCRFDConfig, get_config, config_key, config_to_dict, field_docs, is_config_file
+from .config import (PRESETS, TrainCfg, DataCfg, SCRFDConfig, get_config, config_key, config_to_dict, field_docs, is_config_file,
+                             kps_flip, class_names)
 from .runtime import (Runtime, setup_runtime, cleanup_runtime, reduce_dict, seed_everything, set_deterministic,
                       rng_state, set_rng_state, make_sgd, AMP_CHOICES, precise_batchnorm)
 from .model import build_model, load_model
@@ -21,23 +22,25 @@ from .losses import compute_loss
 from functools import partial
 from .data import WiderFaceDataset, collate, batch_to, build_loader, batches_per_epoch
 from .gpu_augment import DecodeOnlyPipeline, collate_decoded, device_augment_batch
-from .synthetic import Scene, ensure_synthetic
+from .synthetic import Scene, ensure_synthetic, COCO_CATEGORIES
 from .backends import TorchRunner
 from .predict import wider_split, list_images, predict_widerface, score_preds
 from .static import OVER_CAP, StaticShapes, static_shapes_on, face_cap, describe, WholeStep
+from .formats import dataset_kind, load_split, check_against, DatasetInfo, flip_from_names
 from . import evaluate as E
 
 # %% auto #0
-__all__ = ['CONFIG_FLAGS', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'DEMO_LR_BATCH', 'SYNTHETIC_DATA', 'RECIPES', 'CKPT_RE',
-           'AUGMENT_CHOICES', 'SYNTH_CHOICES', 'PHASES', 'LOSS_KEYS', 'lr_at', 'scaled_lr', 'Schedule', 'fit_to_run',
-           'make_schedule', 'RunConfig', 'recipe_overrides', 'resolve_defaults', 'recipe_note', 'ckpt_name',
-           'list_checkpoints', 'NonFiniteError', 'check_finite', 'save_atomic', 'prune_checkpoints', 'read_checkpoint',
-           'find_resume', 'load_weights', 'init_from', 'unfold_batchnorm', 'Logger', 'read_metrics', 'fmt_eta',
-           'ap_summary', 'synthetic_data', 'data_root', 'val_set', 'augment_on_device', 'train_set', 'channels_last',
-           'to_device', 'compute_losses', 'evaluate', 'PhaseTimer', 'train_step', 'LossMeter', 'validate', 'Run',
-           'precision_note', 'setup_model', 'setup_run', 'resume_run', 'checkpoint_state', 'save_checkpoint',
-           'evaluate_run', 'effective_config', 'wrap_model', 'count_nonfinite', 'log_progress', 'train_epoch', 'fit',
-           'train', 'add_train_args', 'run_config_from_args', 'main']
+__all__ = ['CONFIG_FLAGS', 'DEMO_SYNTH', 'DEMO_SIZE', 'DEMO_LR', 'DEMO_LR_BATCH', 'SYNTHETIC_DATA', 'RECIPES', 'DATA_KEYS',
+           'CKPT_RE', 'AUGMENT_CHOICES', 'SYNTH_CHOICES', 'DEMO_CARDS', 'PHASES', 'LOSS_KEYS', 'lr_at', 'scaled_lr',
+           'Schedule', 'fit_to_run', 'make_schedule', 'RunConfig', 'recipe_overrides', 'resolve_defaults',
+           'recipe_note', 'data_kind', 'read_split', 'data_overrides', 'ckpt_name', 'list_checkpoints',
+           'NonFiniteError', 'check_finite', 'save_atomic', 'prune_checkpoints', 'read_checkpoint', 'find_resume',
+           'load_weights', 'init_from', 'unfold_batchnorm', 'Logger', 'read_metrics', 'fmt_eta', 'ap_summary',
+           'ap_score', 'ap_text', 'synthetic_data', 'data_root', 'val_set', 'augment_on_device', 'train_set',
+           'channels_last', 'to_device', 'compute_losses', 'evaluate', 'evaluate_coco', 'PhaseTimer', 'train_step',
+           'LossMeter', 'validate', 'Run', 'precision_note', 'setup_model', 'setup_run', 'resume_run',
+           'checkpoint_state', 'save_checkpoint', 'evaluate_run', 'effective_config', 'wrap_model', 'count_nonfinite',
+           'log_progress', 'train_epoch', 'fit', 'train', 'add_train_args', 'run_config_from_args', 'main']
 
 # %% ../nbs/17_train.ipynb #b1a58110
 def lr_at(it:int,           # global iteration, 0-based
@@ -99,7 +102,7 @@ class RunConfig:
     config:str='scrfd_500m_bnkps'   # model variant: a key of scrfd_nb.config.PRESETS, or a config JSON file (config_to_dict's form, e.g. a search's best.json)
     recipe:str|None=None            # reference (the paper's schedule), demo (learns in minutes on a CPU) or finetune (short, low lr, from --init-from weights); None: demo on the built-in synthetic data, reference with --data-path
     overrides:dict=field(default_factory=dict)  # the variant's config keys this run changes, e.g. {'train.epochs': 100}
-    data_path:str|None=None         # dataset root holding train/ and val/ (labelv2.txt + images/; WIDER val .mat files in val/gt, wider_face_split or ground_truth); None: a synthetic dataset generated into the work dir
+    data_path:str|None=None         # dataset: a root holding train/ and val/ with labelv2.txt + images/ (WIDER val .mat files in val/gt, wider_face_split or ground_truth) or annotations.json (COCO) + images/, or an ultralytics data YAML; None: a synthetic dataset generated into the work dir
     work_dir:str|None=None          # where checkpoints, train.log, metrics.jsonl and config.json go; None: work_dirs/<config>
     device:str|None=None            # auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu
     amp:str='off'                   # precision: off (fp32, the reference's; TF32 disabled), auto (bf16 on accelerators that have it, else fp16 with loss scaling; fp32 on CPU), bf16, fp16. Default fp32: a bf16 step's gradient points elsewhere (cosine 0.08-0.32 with the fp32 one on the reference's states, bench/RESULTS.md)
@@ -127,7 +130,7 @@ class RunConfig:
     num_train:int=240               # synthetic training images (only without --data-path)
     num_val:int=60                  # synthetic validation images
     synth_size:tuple|None=None      # synthetic image sides MIN,MAX in pixels; None: 160,256 for --synth demo, the generator's for wider
-    synth:str='demo'                # synthetic scenes: demo (portraits and groups, faces of 20-200 px: learnable in minutes on a CPU) or wider (the generator's WIDER-like mix with crowds of 6-40 px faces)
+    synth:str='demo'                # synthetic scenes: demo (portraits and groups, faces of 20-200 px: learnable in minutes on a CPU), cards (the demo's scenes with 1-2 ID cards each: a 2-class model, faces with 5 points and cards with 4 corners, COCO layout) or wider (the generator's WIDER-like mix with crowds of 6-40 px faces)
     tensorboard:bool=False          # also write TensorBoard events to <work dir>/tb (needs tensorboard)
     progress:bool|None=None         # tqdm progress bar on rank 0; None: when stdout is a terminal
 
@@ -163,6 +166,7 @@ def resolve_defaults(cfg:RunConfig) -> RunConfig:
     except KeyError as e: raise UsageError(f"--set: {e.args[0]}") from None
     recipe = cfg.recipe if cfg.recipe is not None else ('demo' if cfg.data_path is None else 'reference')
     ov = (SYNTHETIC_DATA if cfg.data_path is None else {}) | recipe_overrides(recipe, base) | ov
+    ov = data_overrides(cfg, base, ov) | ov
     work = cfg.work_dir if cfg.work_dir is not None else str(Path('work_dirs') / (Path(cfg.config).stem if is_config_file(cfg.config) else cfg.config))
     return replace(cfg, recipe=recipe, work_dir=work, overrides=ov)
 
@@ -175,6 +179,47 @@ def recipe_note(cfg:RunConfig, mcfg:SCRFDConfig) -> str:
     return (f"recipe {cfg.recipe} on {where}: {t.epochs} epochs of {mcfg.data.img_size}-px crops, lr {t.lr:g} at the "
             f"reference batch {t.ref_batch}, warmup {t.warmup_iters} it -- {why}; the reference recipe is lr {ref.lr:g}, "
             f"{ref.warmup_iters} warmup it, {ref.epochs} epochs of 640-px crops")
+
+# %% ../nbs/17_train.ipynb #dbde7787
+DATA_KEYS = ('model.head.num_classes', 'model.head.use_kps', 'model.head.kps_points', 'data.flip_idx', 'data.class_names',
+             'loss.kps_visibility')   # what a COCO / YOLO-pose dataset decides unless the run sets it
+
+def data_kind(path) -> str:
+    "`formats.dataset_kind`, with a folder of neither layout taken as labelv2 (whose checks then name the missing labelv2.txt)."
+    try: return dataset_kind(path)
+    except UsageError:
+        if Path(path).is_dir(): return 'labelv2'
+        raise
+
+def read_split(data_path, split:str='train', mode:str='train') -> tuple:
+    "`formats.load_split` with every problem of the data as one `UsageError` line (file and line); read once per process."
+    key = (str(Path(data_path).resolve()), split, mode)
+    if key not in _SPLITS:
+        try: _SPLITS[key] = load_split(data_path, split, mode)
+        except UsageError: raise
+        except (OSError, ValueError, KeyError) as e: raise UsageError(f"--data-path: {e}") from None
+    return _SPLITS[key]
+_SPLITS = {}
+
+def data_overrides(cfg:RunConfig, base:SCRFDConfig, given:dict) -> dict:
+    "Config overrides a COCO / YOLO-pose `--data-path` implies (C, K, flip order, class names); `UsageError` when the run's own settings disagree with the data."
+    if cfg.data_path is None and cfg.synth == 'cards':             # the built-in 2-class data: what its generator draws
+        names = [c['name'] for c in COCO_CATEGORIES]; kn = COCO_CATEGORIES[0]['keypoints']
+        info = DatasetInfo('coco', tuple(names), len(kn), flip_from_names(kn), source='--synth cards')
+    elif cfg.data_path is None or not Path(cfg.data_path).exists() or data_kind(cfg.data_path) == 'labelv2': return {}
+    else: _, _, info = read_split(cfg.data_path, 'val' if cfg.eval_only else 'train')
+    K = info.num_kps
+    ov = {'model.head.num_classes': len(info.class_names), 'model.head.use_kps': K > 0, 'data.class_names': tuple(info.class_names),
+          'loss.kps_visibility': 'point'} | ({'model.head.kps_points': K} if K else {}) | \
+         ({'data.flip_idx': tuple(info.flip_idx)} if info.flip_idx is not None and K else {})
+    stated = set(given) if not is_config_file(cfg.config) else set(given) | set(DATA_KEYS)   # a config file states its model
+    ov = {k: v for k, v in ov.items() if k not in stated}
+    try: mcfg = get_config(base, **(given | ov))
+    except (KeyError, TypeError, ValueError) as e: raise UsageError(f"--set: {e.args[0] if e.args else e}") from None
+    h = mcfg.model.head
+    try: check_against(info, h.num_classes, h.num_kps, tuple(mcfg.data.flip_idx) or None)
+    except ValueError as e: raise UsageError(f"--data-path {cfg.data_path}: {e}") from None
+    return ov
 
 # %% ../nbs/17_train.ipynb #934b32f4
 CKPT_RE = re.compile(r'^ckpt_e(\d+)_i(\d+)\.pth$')
@@ -316,32 +361,55 @@ def fmt_eta(s:float) -> str: return str(datetime.timedelta(seconds=int(s)))
 
 # %% ../nbs/17_train.ipynb #73b7072b
 def ap_summary(ap) -> dict|None:
-    "The three WIDER FACE APs as floats."
-    return None if ap is None else {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
+    "The three WIDER FACE APs as floats; for COCO-style data its scalar metrics (box AP, AP50, AP75, OKS AP, NME) and AP per class."
+    if ap is None: return None
+    if 'hard' in ap: return {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
+    return {k: (float(v) if not isinstance(v, dict) else {c: float(x) for c, x in v.items()}) for k, v in ap.items()
+            if isinstance(v, (int, float, dict)) and v is not None}
+
+def ap_score(ap:dict) -> float:
+    "The number that picks `best.pth`: WIDER hard AP for faces, COCO box AP@[.5:.95] otherwise."
+    return float(ap['hard'] if 'hard' in ap else ap['ap'])
+
+def ap_text(ap:dict) -> str:
+    "One log phrase for an evaluation."
+    if 'hard' in ap: return f"AP easy {ap['easy']:.4f} medium {ap['medium']:.4f} hard {ap['hard']:.4f}"
+    txt = f"COCO AP {ap['ap']:.4f} AP50 {ap['ap50']:.4f} AP75 {ap['ap75']:.4f}"
+    if ap.get('kp_ap') is not None: txt += f" OKS AP {ap['kp_ap']:.4f} NME {ap['nme']:.4f}"
+    if len(ap.get('ap_per_class') or {}) > 1: txt += ' (' + ', '.join(f"{c} {v:.4f}" for c, v in ap['ap_per_class'].items()) + ')'
+    return txt
 
 def synthetic_data(cfg:RunConfig, root) -> Path:
     "The synthetic dataset `cfg` asks for (`--synth`, `--num-train`, ...) at `root`, generated there on first use."
     kw = dict(num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.seed)
-    if cfg.synth == 'demo': kw.update(DEMO_SYNTH, image_size=DEMO_SIZE)
+    if cfg.synth in ('demo', 'cards'): kw.update(DEMO_SYNTH, image_size=DEMO_SIZE)
+    if cfg.synth == 'cards': kw.update(DEMO_CARDS, fmt='coco')
     if cfg.synth_size is not None: kw['image_size'] = tuple(cfg.synth_size)
     return ensure_synthetic(Path(root), **kw)
 
 def data_root(cfg:RunConfig, rt:Runtime) -> tuple:
     "(dataset root, name of its validation set); the synthetic dataset is generated on first use (local rank 0)."
-    if cfg.data_path is not None: return Path(cfg.data_path), 'WIDER FACE val'
+    if cfg.data_path is not None:
+        kind = data_kind(cfg.data_path)
+        return Path(cfg.data_path), {'labelv2': 'WIDER FACE val', 'coco': 'COCO val', 'yolo': 'YOLO-pose val'}[kind]
     root = Path(cfg.work_dir)/'synthetic'
     if rt.local_rank == 0: synthetic_data(cfg, root)
     rt.barrier()
     return root, 'synthetic val'
 
 def val_set(root:Path, name:str) -> dict|None:
-    "Where the validation images and ground truth are, found as `test_widerface` finds them (None without val/labelv2.txt)."
+    "Where the validation images and ground truth are, found as `test_widerface` finds them (None without a validation split); COCO / YOLO-pose: its records."
+    if data_kind(root) != 'labelv2':
+        try: recs, images, info = read_split(root, 'val', 'test')
+        except UsageError: return None                                    # no val split: trained without evaluation
+        return dict(name=name, kind='coco', records=recs, images=images, info=info)
     if not (root/'val'/'labelv2.txt').exists(): return None
     images, labelv2, gt_dir = wider_split(root)
     return dict(name=name, labelv2=labelv2, images=images, gt=gt_dir or labelv2)
 
 AUGMENT_CHOICES = ('auto', 'cpu', 'device')
-SYNTH_CHOICES = ('demo', 'wider')
+SYNTH_CHOICES = ('demo', 'cards', 'wider')
+DEMO_CARDS = dict(cards=(1, 2), card_size=(32, 120))   # --synth cards: the demo's scenes with ID cards (a second class), written as COCO
 
 def augment_on_device(cfg:RunConfig, rt:Runtime) -> bool:
     "Whether the augmentation's pixel work (crop, resize, flip, photometric, normalise) runs on the training device."
@@ -351,10 +419,13 @@ def train_set(root:Path, mcfg,
               on_device:bool=False, # workers only decode (and draw the random decisions); `to_device` does the pixels
               seed:int=0,           # augmentation seed (sample i of epoch e draws from (seed, e, i))
              ) -> tuple:
-    "(training dataset with the reference augmentation, collate function)."
-    if not on_device: return WiderFaceDataset(root/'train', mode='train', cfg=mcfg, seed=seed), collate
-    pipe = DecodeOnlyPipeline.from_config(mcfg)
-    return WiderFaceDataset(root/'train', mode='train', cfg=mcfg, pipeline=pipe, seed=seed), collate_decoded
+    "(training dataset with the reference augmentation, collate function); labelv2, COCO or YOLO-pose data alike."
+    pipe = DecodeOnlyPipeline.from_config(mcfg) if on_device else None
+    if data_kind(root) == 'labelv2': ds = WiderFaceDataset(root/'train', mode='train', cfg=mcfg, pipeline=pipe, seed=seed)
+    else:
+        recs, images, _ = read_split(root, 'train')
+        ds = WiderFaceDataset(records=recs, images=images, cfg=mcfg, pipeline=pipe, seed=seed)
+    return ds, (collate_decoded if on_device else collate)
 
 def channels_last(cfg:RunConfig, rt:Runtime) -> bool:
     "Whether this run keeps images and weights channels-last (`--channels-last`; default: on accelerators only)."
@@ -386,7 +457,9 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre
     zero pad, mmdet decoding and NMS at `detect.score_thr`/`nms_thr`), and so is the scoring: the AP logged here is
     the AP `python -m scrfd_nb.test_widerface --mode <crop size> --nms-pre <nms_pre>` prints for the same weights.
     An immature model scores tens of thousands of anchors above 0.02 and NMS would dominate the run; `nms_pre` keeps
-    each image's best candidates only (-1 or 0: all, as the reference test)."""
+    each image's best candidates only (-1 or 0: all, as the reference test). COCO-style data: the same prediction
+    path with class ids and keypoints, scored by `coco_eval.coco_evaluate` (box AP, OKS AP, NME)."""
+    if val.get('kind') == 'coco': return evaluate_coco(model, val, rt, mcfg, nms_pre)
     items = list_images(val['images'], val['labelv2'])
     d = mcfg.detect
     preds = predict_widerface(TorchRunner(model, rt.device), items[rt.rank::rt.world_size], mcfg.data.img_size,
@@ -403,6 +476,26 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre
     if rt.distributed:
         box = [ap]; dist.broadcast_object_list(box, src=0); ap = box[0]
     return ap
+
+def evaluate_coco(model:nn.Module, val:dict, rt:Runtime, mcfg, nms_pre:int=1000) -> dict|None:
+    "COCO box AP (AP@[.5:.95], AP50, AP75, per class), OKS AP and NME of `model` on a COCO / YOLO-pose validation split: `evaluate`'s prediction path with classes and keypoints, scored by pycocotools."
+    from scrfd_nb.coco_eval import coco_evaluate
+    recs, d = val['records'], mcfg.detect
+    items = [('val', str(i), Path(val['images'])/r['filename']) for i, r in enumerate(recs)]
+    preds = predict_widerface(TorchRunner(model, rt.device), items[rt.rank::rt.world_size], mcfg.data.img_size, d.score_thr,
+                              d.nms_thr, batch_size=8, progress=False, nms_pre=nms_pre, full=True,
+                              class_agnostic=d.class_agnostic).get('val', {})
+    if rt.distributed:
+        allp = [None] * rt.world_size; dist.all_gather_object(allp, preds)
+        preds = {k: v for p in allp for k, v in p.items()}
+    res = None
+    if rt.is_main:
+        none = dict(boxes=np.zeros((0, 4)), scores=np.zeros(0), labels=np.zeros(0, np.int64), kps=None)
+        res = coco_evaluate(recs, [preds.get(str(i), none) for i in range(len(recs))], class_names(mcfg),
+                            mcfg.model.head.num_kps, val['info'].kpt_sigmas)
+    if rt.distributed:
+        box = [res]; dist.broadcast_object_list(box, src=0); res = box[0]
+    return res
 
 # %% ../nbs/17_train.ipynb #76d819e1
 PHASES = ('data', 'forward', 'loss', 'backward', 'step')
@@ -500,9 +593,13 @@ def validate(cfg:RunConfig) -> RunConfig:
         _check(getattr(cfg, name) in choices, f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: expected one of {', '.join(choices)}")
     if cfg.data_path is not None:
         root = Path(cfg.data_path)
-        _check(root.is_dir(), f"--data-path {root}: no such folder")
-        need = root/('val' if cfg.eval_only else 'train')/'labelv2.txt'
-        _check(need.is_file(), f"--data-path {root}: {need} not found (expected train/ and val/ with labelv2.txt and images/)")
+        _check(root.exists(), f"--data-path {root}: no such folder or file")
+        if data_kind(root) == 'labelv2':
+            need = root/('val' if cfg.eval_only else 'train')/'labelv2.txt'
+            _check(need.is_file(), f"--data-path {root}: {need} not found (expected train/ and val/ with labelv2.txt and images/)")
+        else: read_split(root, 'val' if cfg.eval_only else 'train')      # every problem of the data: one line, before any work
+    try: kps_flip(mcfg), class_names(mcfg)
+    except ValueError as e: raise UsageError(f"--set: {e}") from None
     _check(not Path(cfg.work_dir).exists() or Path(cfg.work_dir).is_dir(), f"--work-dir {cfg.work_dir}: exists and is not a folder")
     _check(cfg.resume in (None, 'latest') or Path(cfg.resume).is_file(), f"--resume {cfg.resume}: no such checkpoint file")
     _check(cfg.init_from is None or Path(cfg.init_from).is_file(), f"--init-from {cfg.init_from}: no such file")
@@ -624,16 +721,16 @@ def save_checkpoint(run:Run, epoch:int, batch:int):
 
 # %% ../nbs/17_train.ipynb #b8abf1a6
 def evaluate_run(run:Run, epoch:int, pred_dir=None) -> dict|None:
-    "Evaluate the model now (logged, in metrics.jsonl); a new best hard AP writes best.pth."
+    "Evaluate the model now (logged, in metrics.jsonl); a new best hard AP (COCO box AP for other data) writes best.pth."
     if run.val is None: return None
     ap = evaluate(run.raw, run.val, run.rt, run.mcfg, pred_dir, run.cfg.eval_nms_pre)
     run.raw.train()
     if ap is None: return None
     run.last_ap = ap_summary(ap)
-    run.log(f"eval epoch {epoch}: AP easy {ap['easy']:.4f} medium {ap['medium']:.4f} hard {ap['hard']:.4f} ({run.val['name']})")
-    run.log.metrics(epoch=epoch, iter=run.it, **{f'ap_{k}': float(ap[k]) for k in ('easy', 'medium', 'hard')})
-    if ap['hard'] > run.best:
-        run.best = float(ap['hard'])
+    run.log(f"eval epoch {epoch}: {ap_text(run.last_ap)} ({run.val['name']})")
+    run.log.metrics(epoch=epoch, iter=run.it, **{f'ap_{k}': v for k, v in run.last_ap.items() if not isinstance(v, dict)})
+    if ap_score(ap) > run.best:
+        run.best = ap_score(ap)
         if run.rt.is_main:
             sd = run.raw.state_dict(); check_finite(sd, str(run.work/'best.pth'))
             save_atomic(dict(model=sd, config=config_to_dict(run.mcfg), epoch=epoch, iter=run.it, ap=run.last_ap,
@@ -738,8 +835,7 @@ def fit(run:Run) -> dict:
         if t.eval_interval > 0 and (done or run.epoch % t.eval_interval == 0): evaluate_run(run, run.epoch)
     res = dict(loss=run.last, iter=run.it, best_ap=run.best, ap=run.last_ap, work_dir=str(run.work))
     msg = f"done: {run.it} iterations, final loss {run.last.get('loss', float('nan')):.4f}"
-    if run.last_ap: msg += (f"; {run.val['name']} AP easy {run.last_ap['easy']:.4f} medium {run.last_ap['medium']:.4f} "
-                            f"hard {run.last_ap['hard']:.4f} (best hard {run.best:.4f})")
+    if run.last_ap: msg += f"; {run.val['name']} {ap_text(run.last_ap)} (best {'hard ' if 'hard' in run.last_ap else ''}{run.best:.4f})"
     run.log(msg)
     return res
 

@@ -90,3 +90,28 @@ def test_save_crops(detections, tmp_path):
     paths = save_crops(img, kps, tmp_path/'c', 'solvay')
     assert [p.name for p in paths[:2]] == ['solvay_0.png', 'solvay_1.png'] and len(paths) == len(kps) == 29
     np.testing.assert_array_equal(cv2.imread(str(paths[3])), align_faces(img, kps[3])[0])
+
+
+def test_rectify_quad_recovers_a_slanted_card():
+    "A card drawn at a slant comes back upright: its texture again, coloured quarters in place, edges to 1/4 px."
+    from scrfd_nb.align import rectify_quad
+    from scrfd_nb.synthetic import CardGeom, card_texture, draw_card, make_background
+    rng = np.random.default_rng(0)
+    tex = card_texture(rng, 128, 81)
+    q = np.zeros((81, 128, 3), np.uint8); q[:40, :64] = (0, 0, 255); q[:40, 64:] = (0, 255, 0); q[40:, 64:] = (255, 0, 0); q[40:, :64] = 255
+    for g in [CardGeom(160, 120, 150, 0.25, (0.5, -0.35), 2.0), CardGeom(150, 110, 120, -0.4, (-0.6, 0.3), 1.6)]:
+        scene = make_background(rng, 320, 240); draw_card(scene, g.corners(), tex)
+        err = np.abs(rectify_quad(scene, g.corners(), (128, 81)).astype(int) - tex)[2:-2, 2:-2]
+        assert err.mean() < 6 and np.median(err) <= 2
+        s2 = make_background(rng, 320, 240); draw_card(s2, g.corners(), q)
+        c2 = rectify_quad(s2, g.corners(), (128, 81)).astype(int)
+        assert np.abs(c2[3:37, 3:61] - (0, 0, 255)).max() <= 3 and np.abs(c2[3:37, 67:125] - (0, 255, 0)).max() <= 3
+        assert np.abs(c2[43:78, 67:125] - (255, 0, 0)).max() <= 3 and np.abs(c2[43:78, 3:61] - 255).max() <= 3
+        np.testing.assert_allclose(c2[5:35, 10:118, 2].sum(1) / 255, 54, atol=0.25)
+        np.testing.assert_allclose(c2[10:71, 10:54, 1].sum(0) / 255, 31, atol=0.25)
+        shifted = rectify_quad(s2, g.corners() + 0.5, (128, 81)).astype(int)
+        assert np.abs(shifted[5:35, 10:118, 2].sum(1) / 255 - 54).mean() > 0.4     # the check sees half a pixel
+    c = CardGeom(100, 80, 120).corners()
+    assert rectify_quad(scene, c).shape == (round(120 / 85.6 * 53.98), 120, 3)
+    assert rectify_quad(scene[..., 0], c, (30, 20)).shape == (20, 30)
+    with pytest.raises(ValueError, match=r'\(4, 2\)'): rectify_quad(scene, c[:3])
