@@ -85,11 +85,20 @@ def rectify_quad(img:np.ndarray, # (h, w[, c]) image
     return cv2.warpPerspective(img, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 # %% ../nbs/22_align.ipynb #134cf769
-def save_crops(image_bgr:np.ndarray, kps, out_dir, stem:str, size:int=112, ext:str='.png') -> list[Path]:
-    "Write the aligned crop of each face to `out_dir/<stem>_<i><ext>`; returns the paths in face order."
+def save_crops(image_bgr:np.ndarray, kps, out_dir, stem:str, size:int=112, ext:str='.png',
+               classes=None, # per detection its class name (a model of several classes): only faces are aligned
+              ) -> list[Path]:
+    "Write the crop of each detection to `out_dir/<stem>_<i><ext>`: faces (5 landmarks) ArcFace-aligned, four-point objects (K = 4) rectified; returns the paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    k = np.asarray(kps, np.float64)
+    k = k.reshape(len(k), -1, 2) if k.size else k.reshape(0, 5, 2)
+    if k.shape[1] == 5:
+        idx = [i for i in range(len(k)) if classes is None or classes[i] == 'face']
+        crops = zip(idx, align_faces(image_bgr, k[idx], size)) if idx else []
+    elif k.shape[1] == 4: crops = ((i, rectify_quad(image_bgr, q)) for i, q in enumerate(k))
+    else: raise ValueError(f"crops need 5 face landmarks or 4 corners per object, not {k.shape[1]} keypoints")
     paths = []
-    for i, c in enumerate(align_faces(image_bgr, kps, size)):
+    for i, c in crops:
         p = out_dir/f"{stem}_{i}{ext}"
         if not cv2.imwrite(str(p), c): raise OSError(f"{p}: cannot write the crop")
         paths.append(p)

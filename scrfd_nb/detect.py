@@ -49,7 +49,7 @@ def _detect_images(a, model, src:Path, files:list, folder:bool, dests:dict, crop
                 drawn = draw_detections(img, boxes, scores, kps, labels=dets.labels if multi else None, names=dets.names if multi else None)
                 if not cv2.imwrite(str(dests[f]), drawn):
                     raise OSError(f'cannot write image {dests[f]}')
-            n_crops = len(save_crops(img, kps, *crops[f])) if f in crops and len(boxes) else 0
+            n_crops = len(save_crops(img, kps, *crops[f], classes=dets.classes if multi else None)) if f in crops and len(boxes) else 0
         except (OSError, ValueError, RuntimeError, cv2.error) as e:   # a bad file: note it, go on with the others
             failed.append(one_line(e)); print(f'{rel}: skipped ({one_line(e)})', flush=True); continue
         results[rel] = dets_to_json(boxes, scores, kps, dets.labels, dets.names)
@@ -88,7 +88,7 @@ def main(argv=None):
     src.add_argument('--video', help='a video file, or a camera index (0, 1, ...)')
     ap.add_argument('--out', help='write the detections drawn here: an image, a folder for a folder, a video for --video')
     ap.add_argument('--json', help='write detections as JSON here (JSON Lines, one frame a line, for --video)')
-    ap.add_argument('--crops', help='write the 112x112 ArcFace-aligned crop of every face into this folder (--image)')
+    ap.add_argument('--crops', help='write the 112x112 ArcFace-aligned crop of every face (a 4-corner model: the rectified crop of every object) into this folder (--image)')
     ap.add_argument('--thr', type=UNIT, default=None, help="score threshold in [0, 1] (default: the --mode's, "
                     f"insightface {CONVENTIONS['insightface'].score_thr}, mmdet {CONVENTIONS['mmdet'].score_thr})")
     ap.add_argument('--nms', type=UNIT, default=None, help="NMS IoU threshold in [0, 1] (default: the --mode's, "
@@ -124,6 +124,9 @@ def main(argv=None):
     model = _load(a, weights)
     if crops and not getattr(model, 'use_kps', True):
         raise UsageError(f'--crops: {weights} has no keypoints (a model without the 5-point head cannot align faces)')
+    K = getattr(getattr(getattr(getattr(model, 'cfg', None), 'model', None), 'head', None), 'num_kps', 5)
+    if crops and K not in (4, 5):
+        raise UsageError(f'--crops: {weights} has {K} keypoints per object; crops need 5 face landmarks (aligned) or 4 corners (rectified)')
     return _detect_images(a, model, src, files, folder, dests, crops)
 
 # %% ../nbs/08b_detect_cli.ipynb #47f67467

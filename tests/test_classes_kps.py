@@ -186,3 +186,18 @@ def test_face_export_has_no_extra_metadata(tmp_path):
     mo = onnx.load(str(p))
     assert [o.type.tensor_type.shape.dim[-1].dim_value for o in mo.graph.output] == [1] * 3 + [4] * 3 + [10] * 3
     assert len(mo.metadata_props) == 0
+
+
+def test_crops_align_faces_and_rectify_quads(tmp_path):
+    "Crops: a 4-corner model's objects are rectified (a 40x20 rectangle comes out 40x20); of a multi-class 5-point model only faces are aligned."
+    from scrfd_nb.align import save_crops
+    img = np.zeros((100, 100, 3), np.uint8); img[30:50, 20:60] = 200
+    quad = np.array([[[20, 30], [60, 30], [60, 50], [20, 50]]], np.float64)
+    (p,) = save_crops(img, quad, tmp_path, 'q')
+    import cv2
+    c = cv2.imread(str(p))
+    assert c.shape[:2] == (20, 40) and c[2:-2, 2:-2].min() == 200
+    five = np.tile(np.array([[38.3, 51.7], [73.5, 51.5], [56.0, 71.7], [41.5, 92.4], [70.7, 92.2]]), (2, 1, 1))
+    paths = save_crops(np.zeros((112, 112, 3), np.uint8), five, tmp_path, 'f', classes=['card', 'face'])
+    assert [x.name for x in paths] == ['f_1.png']                 # detection 1, the face, keeps its index
+    with pytest.raises(ValueError, match='5 face landmarks or 4 corners'): save_crops(img, np.zeros((1, 7, 2)), tmp_path, 'x')
