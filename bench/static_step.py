@@ -6,10 +6,12 @@ the same run, and the demo job with and without `--compile-step`.
 
 Both steps are the trainer's own `train.train_step` (forward, ATSS targets, losses, backward, SGD): eager on the
 network, or on a `static.WholeStep` (forward + targets + losses as one `torch.compile(fullgraph=True, dynamic=False)`
-graph, backward compiled by AOTAutograd). Batches have static shapes (faces padded to --cap) and a different face
-count each step; eager and compiled steps alternate, each on its own copy of the same initial weights, and the table
-gives medians after the first compiled step (which includes the compilation, reported on its own). torch's own
-counters afterwards: graphs compiled and graph breaks. The demo job (`python -m scrfd_nb.train`, built-in synthetic
+graph, backward compiled by AOTAutograd, and the SGD update as a second graph, `static.CompiledSGD`). Batches have
+static shapes (faces padded to --cap) and a different face count each step, and the lr changes every step (a
+warmup); eager and compiled steps alternate, each on its own copy of the same initial weights, and the table gives
+medians after the first compiled step (which includes both compilations, reported on their own: the step graph in
+the forward phase, the SGD graph in the update phase). torch's own counters afterwards: graphs compiled and graph
+breaks; and how far the two copies' weights have drifted apart. The demo job (`python -m scrfd_nb.train`, built-in synthetic
 data, one process) runs `--perf N` with and without `--compile-step`: its total wall time (compilation included)
 and the trainer's FPS over the iterations after the first five. Inductor's caches go to a fresh folder per run, so
 every compilation is a cold one.
@@ -42,19 +44,25 @@ def step_bench(a):
     torch.manual_seed(0)
     base = build_model(a.model).train()
     nets = {'eager': base, 'compiled': copy.deepcopy(base)}
+    w0 = torch.cat([p.detach().flatten() for p in base.parameters()])
     opts = {k: make_sgd(m.parameters(), 1e-3) for k, m in nets.items()}
     runners = {'eager': nets['eager'], 'compiled': WholeStep(nets['compiled'], partial(compute_losses, nets['compiled']))}
     batches = [fake_batch(a.batch, a.size, torch.device('cpu'), G=a.cap, seed=s, channels_last=False) for s in range(a.steps + 1)]
     T = {'eager': [], 'compiled': []}
-    c0 = compile_counters()
+    c0, ph = compile_counters(), {}
+    def mark(phase):   # train_step's phase hook: seconds since the previous mark (ph['t'] at the start)
+        now = time.perf_counter(); ph[phase] = now - ph['t']; ph['t'] = now
     for i, b in enumerate(batches):
+        lr = 1e-3 * (0.1 + 0.9 * i / len(batches))
         for k in ('compiled', 'eager') if i % 2 else ('eager', 'compiled'):
-            t = time.perf_counter()
-            terms, ok = train_step(runners[k], nets[k], b, opts[k], 1e-3, rt)
+            t = ph['t'] = time.perf_counter()
+            terms, ok = train_step(runners[k], nets[k], b, opts[k], lr, rt, mark=mark if (i, k) == (0, 'compiled') else None)
             float(terms['loss'])
             T[k].append(time.perf_counter() - t)
-        if i == 0: first = T['compiled'][0]
+        if i == 0: first, phases0 = T['compiled'][0], dict(ph)
     c = compile_counters()
+    w = {k: torch.cat([p.detach().flatten() for p in m.parameters()]) for k, m in nets.items()}
+    drift = float((w['compiled'] - w['eager']).norm() / (w['eager'] - w0).norm())   # apart, relative to how far training moved them
     faces = sorted({int(n) for b in batches for n in b['gt_mask'].sum(1)})
     e, comp = statistics.median(T['eager'][1:]), statistics.median(T['compiled'][1:])
     print(f"\n## step: {a.model}, batch {a.batch}, {a.size}x{a.size}, cap {a.cap} faces/image (batches with {faces[0]}-{faces[-1]} "
@@ -62,9 +70,11 @@ def step_bench(a):
     print(f"| | eager | compiled (whole step) | ratio eager / compiled |\n|---|---|---|---|")
     print(f"| step time | {1e3 * e:.1f} ms | {1e3 * comp:.1f} ms | {e / comp:.2f} |")
     print(f"| images/s | {a.batch / e:.1f} | {a.batch / comp:.1f} | |")
-    print(f"\nfirst compiled step (compilation included): {first:.1f} s -> compile time ~ {first - comp:.1f} s; "
-          f"graphs compiled: {c['graphs'] - c0['graphs']}, graph breaks: {c['graph_breaks'] - c0['graph_breaks']} "
-          f"over {len(batches)} batches of different face counts")
+    print(f"\nfirst compiled step (compilation included): {first:.1f} s -> compile time ~ {first - comp:.1f} s "
+          f"(forward phase, the step graph: {phases0['forward']:.1f} s; backward {phases0['backward']:.1f} s; "
+          f"SGD update, its graph: {phases0['step']:.1f} s); graphs compiled: {c['graphs'] - c0['graphs']}, graph breaks: "
+          f"{c['graph_breaks'] - c0['graph_breaks']} over {len(batches)} batches of different face counts and lrs; "
+          f"weights after {len(batches)} steps: |compiled - eager| / |eager - initial| = {drift:.1e}")
 
 
 def demo_job(a):

@@ -322,8 +322,9 @@ def _batch_buffer(shape, channels_last:bool) -> torch.Tensor:
 def collate(batch:list, # samples from WiderFaceDataset (None entries are dropped)
             pad_to:int|None=None, # fixed G (static shapes); default: the batch's maximum face count
             channels_last:bool=False, # keep images in NHWC memory (shape still (B, 3, H, W))
+            pad_ignore_to:int|None=None, # fixed M (static shapes): ignore boxes as (B, M, 4) with `gt_ignore_mask`; default: a list of (m_i, 4)
            ) -> dict:
-    "Stack images and pad per-image boxes/keypoints into (B, G, ...) tensors with a mask."
+    "Stack images and pad per-image boxes/keypoints into (B, G, ...) tensors with a mask (ignore boxes too with `pad_ignore_to`)."
     batch = [b for b in batch if b is not None]
     if not batch: raise ValueError("collate: empty batch")
     B = len(batch)
@@ -348,13 +349,19 @@ def collate(batch:list, # samples from WiderFaceDataset (None entries are droppe
         boxes[i, :len(bb)] = torch.from_numpy(bb); kps[i, :len(bb)] = torch.from_numpy(kk); mask[i, :len(bb)] = True
         labels[i, :len(bb)] = torch.from_numpy(ll)
     metas = [b.get('meta', {}) for b in batch]
-    return dict(images=images, gt_boxes=boxes, gt_kps=kps, gt_mask=mask, gt_labels=labels,
-                gt_boxes_ignore=[torch.from_numpy(ig) for ig in ignores],
+    ign = dict(gt_boxes_ignore=[torch.from_numpy(ig) for ig in ignores])
+    if pad_ignore_to is not None:   # M is the most an image can have (`static.face_cap`): more is an error, never a silent drop
+        if max(map(len, ignores)) > pad_ignore_to:
+            raise ValueError(f"collate: pad_ignore_to={pad_ignore_to} is smaller than an image's {max(map(len, ignores))} ignore boxes")
+        ib, im = torch.zeros((B, pad_ignore_to, 4)), torch.zeros((B, pad_ignore_to), dtype=torch.bool)
+        for i, ig in enumerate(ignores): ib[i, :len(ig)] = torch.from_numpy(ig); im[i, :len(ig)] = True
+        ign = dict(gt_boxes_ignore=ib, gt_ignore_mask=im)
+    return dict(images=images, gt_boxes=boxes, gt_kps=kps, gt_mask=mask, gt_labels=labels, **ign,
                 metas=metas, skipped=[s for m in metas for s in m.get('skipped', [])],
                 crop_fallbacks=sum(bool(m.get('crop_fallback')) for m in metas), truncated_faces=truncated)
 
 # %% ../nbs/11_data.ipynb #b47c7d02
-BATCH_TENSORS = ('images', 'gt_boxes', 'gt_kps', 'gt_mask', 'gt_labels', 'photo')   # what a training step reads on the device
+BATCH_TENSORS = ('images', 'gt_boxes', 'gt_kps', 'gt_mask', 'gt_labels', 'gt_boxes_ignore', 'gt_ignore_mask', 'photo')   # ignore boxes: tensors with static shapes (a list otherwise, left on the host)   # what a training step reads on the device
 
 def batch_to(batch:dict, device, keys=BATCH_TENSORS) -> dict:
     "A shallow copy of a collated batch with its tensors under `keys` on `device` (non-blocking); other entries unchanged."

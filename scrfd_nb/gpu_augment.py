@@ -109,10 +109,10 @@ class DecodeOnlyPipeline(TrainPipeline):
                     gt_labels=meta.pop('gt_labels'), gt_bboxes_ignore=bi, meta=meta | dict(photometric=None if p is None else p.to_dict()))
 
 def collate_decoded(batch:list, # samples from a dataset whose pipeline is `DecodeOnlyPipeline`
-                    pad_to:int|None=None) -> dict:
+                    pad_to:int|None=None, pad_ignore_to:int|None=None) -> dict:
     "`scrfd_nb.data.collate`'s annotations, and `images` = the decoded images packed end to end, (sum h·w·3,) uint8, with `sizes` (B, 2) = (h, w); plus `crops` (B, 4), `flips` (B,), `photo` (B, 9), `out_size`."
     batch = [b for b in batch if b is not None]
-    out = collate([dict(b, img=_NO_IMG) for b in batch], pad_to=pad_to)
+    out = collate([dict(b, img=_NO_IMG) for b in batch], pad_to=pad_to, pad_ignore_to=pad_ignore_to)
     sizes = torch.tensor([tuple(b['img'].shape[:2]) for b in batch], dtype=torch.int64)
     n = (sizes[:, 0] * sizes[:, 1] * 3).tolist()
     images = shared_empty((sum(n),), torch.uint8)   # no padding: portrait and landscape photos cost their own bytes only

@@ -107,7 +107,7 @@ class RunConfig:
     device:str|None=None            # auto (torch.accelerator: cuda, npu, ...), cpu, cuda or npu
     amp:str='off'                   # precision: off (fp32, the reference's; TF32 disabled), auto (bf16 on accelerators that have it, else fp16 with loss scaling; fp32 on CPU), bf16, fp16. Default fp32: a bf16 step's gradient points elsewhere (cosine 0.08-0.32 with the fp32 one on the reference's states, bench/RESULTS.md)
     compile:bool=False              # torch.compile the model
-    compile_step:bool=False         # torch.compile the whole step (forward, ATSS targets, losses; their backward by AOTAutograd) as one graph: fullgraph, static shapes (implies --static-shapes; with several processes the network only)
+    compile_step:bool=False         # torch.compile the whole step: forward, ATSS targets and losses (their backward by AOTAutograd) as one graph, the SGD update as a second; fullgraph, static shapes (implies --static-shapes; with several processes the network only)
     static_shapes:bool|None=None    # every batch the same shapes (a fixed face count per image, every batch full) so that one compiled graph serves the run; None: on NPU devices, and with --compile-step or --max-faces
     max_faces:int|None=None         # with static shapes: faces per image (the cap); None: the training set's maximum
     over_cap:str='ignore'           # with static shapes, an image with more faces than the cap: ignore (its largest kept, the others become ignore boxes, counted in the log) or refuse (stop before training, naming the image)
@@ -218,7 +218,7 @@ def data_overrides(cfg:RunConfig, base:SCRFDConfig, given:dict) -> dict:
     except (KeyError, TypeError, ValueError) as e: raise UsageError(f"--set: {e.args[0] if e.args else e}") from None
     h = mcfg.model.head
     try: check_against(info, h.num_classes, h.num_kps, tuple(mcfg.data.flip_idx) or None)
-    except ValueError as e: raise UsageError(f"--data-path {cfg.data_path}: {e}") from None
+    except ValueError as e: raise UsageError(f"--data-path {cfg.data_path}: {e}" if cfg.data_path else str(e)) from None
     return ov
 
 # %% ../nbs/17_train.ipynb #934b32f4
@@ -535,7 +535,9 @@ def train_step(model:nn.Module,  # what runs the forward: the SCRFD, or its comp
               ) -> tuple:        # (loss terms: dict of detached device tensors incl. 'loss', whether the step was taken)
     "One SGD step on `batch` at `lr`, in the reference's order; skipped when any loss term is not finite."
     mark = mark or (lambda phase: None)
-    for g in opt.param_groups: g['lr'] = lr
+    for g in opt.param_groups:   # a tensor lr (the compiled SGD's graph input) is filled in place: new data, not a new graph
+        if torch.is_tensor(g['lr']): g['lr'].fill_(lr)
+        else: g['lr'] = lr
     if isinstance(model, WholeStep): losses = model(batch); mark('forward')   # forward, targets and losses: one compiled graph
     else:
         with rt.autocast(): outs = model(batch['images'])
@@ -551,6 +553,7 @@ def train_step(model:nn.Module,  # what runs the forward: the SCRFD, or its comp
     ok = bool(torch.isfinite(torch.stack([v.float() for v in terms.values()])).all())
     if ok:
         if rt.scaler is not None: rt.scaler.step(opt); rt.scaler.update()
+        elif isinstance(model, WholeStep): model.optimizer_step(opt)   # the SGD update: a compiled graph too
         else: opt.step()
     mark('step')
     return terms, ok
@@ -664,7 +667,8 @@ def setup_run(cfg:RunConfig, rt:Runtime, log:Logger) -> Run:
     train_ds, collate_fn = ([], None) if cfg.eval_only else train_set(root, mcfg, on_dev, cfg.seed)
     static = None if cfg.eval_only or not static_shapes_on(cfg.static_shapes, rt.device.type, cfg.compile_step or cfg.max_faces is not None) \
         else face_cap(train_ds.records, train_ds.images, cfg.max_faces, cfg.over_cap)   # refuses before any training
-    if static is not None: log(describe(static)); collate_fn = partial(collate_fn, pad_to=static.max_faces)
+    if static is not None:
+        log(describe(static)); collate_fn = partial(collate_fn, pad_to=static.max_faces, pad_ignore_to=static.max_ignores)
     ipe = max(1, batches_per_epoch(len(train_ds), bs, rt.world_size))
     mcfg = replace(mcfg, train=fit_to_run(mcfg.train, get_config(cfg.config).train, ipe))
     sched = make_schedule(mcfg.train, rt.world_size, bs, ipe, log=log)
@@ -751,7 +755,8 @@ def effective_config(run:Run) -> dict:
 # %% ../nbs/17_train.ipynb #10fcd4c6
 def wrap_model(cfg:RunConfig, rt:Runtime, raw:nn.Module) -> nn.Module:
     "`torch.compile` and DDP around the raw model (which checkpoints keep); `--compile-step` in one process: the whole step as one graph."
-    if cfg.compile_step and not rt.distributed: return WholeStep(raw, partial(compute_losses, raw), rt.autocast)
+    if cfg.compile_step and not rt.distributed:   # inductor; torchair's backend on an Ascend NPU
+        return WholeStep(raw, partial(compute_losses, raw), rt.autocast, device_type=rt.device.type)
     model = torch.compile(raw) if cfg.compile or cfg.compile_step else raw
     if not rt.distributed: return model
     with warnings.catch_warnings():   # torch 2.13 deprecates the name, and advises keeping it for rank-local buffers
