@@ -73,7 +73,7 @@ def main():
     a = ap.parse_args()
     t0 = time.time()
     if not a.skip_train:
-        subprocess.run([sys.executable, '-m', 'scrfd_nb.train', '--synth', 'cards', '--work-dir', a.work, '--progress', 'false'],
+        subprocess.run([sys.executable, '-m', 'scrfd_nb.train', '--synth', 'cards', '--work-dir', a.work, '--no-progress'],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     train_s = time.time() - t0
     from scrfd_nb.model import load_model
