@@ -9,7 +9,7 @@ training pictures of 160-256 px with 1-2 cards each, 60 validation pictures), th
 synthetic validation set twice on the same images: PyTorch (the trainer's own evaluation path) and the exported ONNX
 file in onnxruntime, both through `coco_eval.coco_evaluate` (pycocotools box AP@[.5:.95], AP50, AP75, AP per class;
 OKS AP with the stated default sigma; NME). It draws detections on four validation pictures with class names and the
-rectified crop of a detected card into nbs/images/cards_demo.png (synthetic pictures: no licence question), and
+rectified crop of a detected card into nbs/images/cards_demo.jpg (synthetic pictures: no licence question), and
 prints a bench/RESULTS.md section.
 """
 import argparse, json, os, platform, subprocess, sys, time
@@ -62,14 +62,14 @@ def figure(model, val, out:Path, n:int=4):
     if card is not None:
         axs[-1].imshow(rectify_quad(card[1], card[2])[..., ::-1]); axs[-1].set_title(f'card rectified ({card[0]:.2f})', fontsize=9)
     axs[-1].axis('off')
-    fig.tight_layout(); fig.savefig(out, dpi=80); plt.close(fig)
+    fig.tight_layout(); fig.savefig(out, dpi=80, pil_kwargs={'quality': 85} if str(out).endswith('.jpg') else None); plt.close(fig)   # a photo-like figure: JPEG
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--work', default='work_dirs/cards_demo', help='work dir of the run')
     ap.add_argument('--skip-train', action='store_true', help='use the run already in --work')
-    ap.add_argument('--figure', default=str(ROOT/'nbs'/'images'/'cards_demo.png'))
+    ap.add_argument('--figure', default=str(ROOT/'nbs'/'images'/'cards_demo.jpg'))
     a = ap.parse_args()
     t0 = time.time()
     if not a.skip_train:
