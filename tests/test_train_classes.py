@@ -149,3 +149,12 @@ def test_good_yolo_data_trains(tmp_path):
     m = load_model(sorted((tmp_path/'w').glob('ckpt_*.pth'))[-1])
     assert (m.cfg.model.head.num_classes, m.cfg.model.head.num_kps, m.cfg.data.flip_idx, m.cfg.data.class_names) == (1, 4, (1, 0, 3, 2), ('card',))
     assert res['iter'] == 1 and set(res['ap']) >= {'ap', 'kp_ap', 'nme'}
+
+
+def test_data_check_reads_every_layout(cards, tmp_path):
+    "`python -m scrfd_nb.data check` takes a COCO folder or a data YAML too (formats' checker): a summary, or every problem with file:line."
+    r = subprocess.run([sys.executable, '-m', 'scrfd_nb.data', 'check', str(cards)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and 'coco, 2 classes (face, card), 5 keypoints per object' in r.stdout, r.stdout + r.stderr
+    y = yolo(tmp_path/'d', YAML, CARD.replace('0 0.5', '3 0.5', 1))
+    r = subprocess.run([sys.executable, '-m', 'scrfd_nb.data', 'check', str(y)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and 'a.txt:1' in r.stdout and 'FAILED' in r.stdout, r.stdout + r.stderr
