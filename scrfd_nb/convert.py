@@ -13,9 +13,9 @@ from .transforms import read_image, ImageError
 from .core import UsageError, run_cli, check_output, same_path
 
 # %% auto #0
-__all__ = ['Face', 'MISSING', 'IMAGE_EXTS', 'fmt', 'face_line', 'write_labelv2', 'read_labelv2', 'read_sizes', 'image_size',
-           'size_lookup', 'read_retinaface', 'retinaface_to_labelv2', 'read_yolo', 'yolo_to_labelv2', 'read_coco',
-           'coco_to_labelv2', 'labelv2_to_yolo', 'labelv2_to_coco', 'main']
+__all__ = ['Face', 'MISSING', 'fmt', 'face_line', 'write_labelv2', 'read_labelv2', 'read_sizes', 'size_lookup', 'read_retinaface',
+           'retinaface_to_labelv2', 'read_yolo', 'yolo_to_labelv2', 'read_coco', 'coco_to_labelv2', 'labelv2_to_yolo',
+           'labelv2_to_coco', 'main']
 
 # %% ../nbs/21_convert.ipynb #dfe7d34b
 Face = namedtuple('Face', 'box kps ignore')   # box [x1,y1,x2,y2] px; kps (5,3) `x y flag` rows or None; ignore bool
@@ -70,7 +70,8 @@ def read_labelv2(path) -> list[dict]:
     return out
 
 # %% ../nbs/21_convert.ipynb #f7b6ad12
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+from .core import IMAGE_EXTS, image_files   # the image files every command reads
+from .transforms import image_size           # (width, height) as the trainer reads it
 
 def _numeric(tokens) -> bool:
     try: [float(t) for t in tokens]; return True
@@ -86,11 +87,6 @@ def read_sizes(path) -> dict:
         try: out[v[0]] = (int(v[1]), int(v[2]))
         except (IndexError, ValueError): raise LabelError(f"{path}:{no}: expected `[#] <path> <width> <height>`, got {s!r}") from None
     return out
-
-def image_size(path) -> tuple[int, int]:
-    "(width, height) of an image as the trainer reads it."
-    h, w = read_image(path).shape[:2]
-    return w, h
 
 def size_lookup(images=None, # folder the annotation paths are relative to
                 sizes=None,  # dict {path: (w, h)} or a file for `read_sizes`; checked before the images
@@ -177,16 +173,13 @@ def _yolo_face(vals, W, H, where, face_class, ignore_class):
         kps[i] = MISSING if miss else (r[0] * W, r[1] * H, flag)
     return Face(box, kps, False)
 
-def _list_images(folder:Path) -> list[Path]:
-    return sorted(p for p in folder.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-
 def read_yolo(labels, images, face_class:int=0, ignore_class:int|None=1, sizes=None) -> tuple[list, list, list]:
     "YOLO label folder + image folder → (records, dropped `file:line` of empty boxes, label files without an image)."
     labels, images = Path(labels), Path(images)
     if not images.is_dir(): raise LabelError(f"{images}: not a folder of images")
     if not labels.is_dir(): raise LabelError(f"{labels}: not a folder of YOLO .txt labels")
     look, records, dropped, used = size_lookup(images, sizes), [], [], set()
-    for im in _list_images(images):
+    for im in image_files(images):
         rel = im.relative_to(images).as_posix()
         lab = labels/Path(rel).with_suffix('.txt')
         W, H = look(rel, str(im))

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'KPS_NAMES', 'KPS_COLORS', 'CLI_ERRORS', 'UNIT', 'repo_root', 'shared_dir', 'shared_file', 'golden',
-           'bgr_to_input', 'UsageError', 'debug_requested', 'one_line', 'run_cli', 'in_range', 'same_path',
-           'check_output', 'signal_stack', 'signal_stack_kept']
+__all__ = ['MEAN', 'STD', 'KPS_NAMES', 'IMAGE_EXTS', 'KPS_COLORS', 'CLI_ERRORS', 'UNIT', 'repo_root', 'shared_dir', 'shared_file',
+           'golden', 'image_files', 'bgr_to_input', 'UsageError', 'debug_requested', 'one_line', 'run_cli', 'in_range',
+           'same_path', 'check_output', 'signal_stack', 'signal_stack_kept']
 
 # %% ../nbs/00_core.ipynb #1e060253
 def repo_root() -> Path:
@@ -51,6 +51,11 @@ def golden(name:str) -> dict:
 # %% ../nbs/00_core.ipynb #686205f2
 MEAN, STD = 127.5, 128.0   # network input = (RGB - MEAN) / STD
 KPS_NAMES = ('left_eye', 'right_eye', 'nose', 'left_mouth', 'right_mouth')   # the five face landmarks in labelv2 order (image left/right)
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')     # the image files every command reads (OpenCV decodes them)
+
+def image_files(folder) -> list[Path]:
+    "The image files (`IMAGE_EXTS`, any case) anywhere below `folder`, sorted."
+    return sorted(p for p in Path(folder).rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 KPS_COLORS = ((0, 0, 255), (0, 255, 255), (255, 0, 255), (0, 255, 0), (255, 0, 0))  # BGR drawing colours, one palette for every
                            # picture: l-eye red, r-eye yellow, nose magenta, l-mouth green, r-mouth blue
 

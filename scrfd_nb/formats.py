@@ -19,10 +19,9 @@ from .transforms import read_image, ImageError
 log = logging.getLogger('scrfd_nb.formats')
 
 # %% auto #0
-__all__ = ['log', 'FACE_INFO', 'COCO_KPT_NAMES', 'COCO_KPT_SIGMAS', 'IMG_SUFFIXES', 'COCO_FLIP', 'YOLO_TOL', 'LAYOUTS', 'SPLITS',
-           'DatasetInfo', 'flip_from_names', 'parse_json_offsets', 'read_coco', 'image_size', 'yolo_label_path',
-           'read_yolo_pose', 'dataset_kind', 'labelv2_info', 'load_split', 'check_against', 'DatasetReport',
-           'summarise', 'check_dataset', 'main']
+__all__ = ['log', 'FACE_INFO', 'COCO_KPT_NAMES', 'COCO_KPT_SIGMAS', 'COCO_FLIP', 'YOLO_TOL', 'LAYOUTS', 'SPLITS', 'DatasetInfo',
+           'flip_from_names', 'parse_json_offsets', 'read_coco', 'yolo_label_path', 'read_yolo_pose', 'dataset_kind',
+           'labelv2_info', 'load_split', 'check_against', 'DatasetReport', 'summarise', 'check_dataset', 'main']
 
 # %% ../nbs/30_formats.ipynb #45a8052b
 @dataclass(frozen=True)
@@ -240,17 +239,8 @@ def read_coco(json_path, # COCO annotations (`images`, `annotations`, `categorie
     return _coco(json_path, mode, _Problems())
 
 # %% ../nbs/30_formats.ipynb #e76ba74c
-IMG_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')   # the image files of a YOLO folder (OpenCV reads them)
-
-def image_size(path) -> tuple[int, int]:
-    "(width, height) of an image as `read_image` decodes it: from the header of a JPEG, PNG or WebP without an EXIF rotation, else by decoding."
-    try:
-        from PIL import Image
-        with Image.open(path) as im:
-            if im.format in ('JPEG', 'PNG', 'WEBP') and im.getexif().get(274, 1) == 1: return im.size
-    except Exception: pass      # not an image PIL knows: the decoder says what is wrong
-    h, w = read_image(path).shape[:2]
-    return w, h
+from .core import image_files          # a YOLO folder's images: the files every command reads
+from .transforms import image_size     # (width, height) as `read_image` decodes it, from the header when it can
 
 def yolo_label_path(image) -> Path:
     "ultralytics' rule: the last `/images/` of the image's path becomes `/labels/`, the suffix `.txt`."
@@ -339,7 +329,7 @@ def _yolo(path, split:str, mode:str, sink, decode:bool=False):
     d = _yolo_split(path, y, text, root, split, sink)
     if d is None: return [], info, None
     C, K, recs = info.num_classes, info.num_kps, []
-    for f in sorted(p for p in d.rglob('*') if p.suffix.lower() in IMG_SUFFIXES and p.is_file()):
+    for f in image_files(d):
         try: w, h = read_image(f).shape[1::-1] if decode else image_size(f)
         except ImageError as e: sink.skip(f, 0, f"unreadable image: {e}"); continue
         r = dict(filename=f.relative_to(d).as_posix(), width=w, height=h, line=0, n=0, b=[], l=[], k=[], i=[])

@@ -22,7 +22,7 @@ from .config import DetectCfg
 from .model import load_model
 
 # %% auto #0
-__all__ = ['CONVENTIONS', 'CLASS_COLORS', 'IMAGE_EXTS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat',
+__all__ = ['CONVENTIONS', 'CLASS_COLORS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat',
            'flatten_head_outputs', 'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess',
            'onnx_outputs_to_flat', 'Detections', 'detect_batch', 'detect', 'merge_detections', 'draw_detections',
            'dets_to_json', 'crop_place', 'is_camera', 'open_video', 'frame_batches', 'Progress', 'detect_frames',
@@ -363,7 +363,7 @@ def draw_detections(image:np.ndarray,  # (h, w, 3) uint8 BGR
     return out
 
 # %% ../nbs/08_detect.ipynb #7f5ef39e
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+from .core import IMAGE_EXTS, image_files   # the image files every command reads
 
 def dets_to_json(boxes, scores, kps,
                  labels=None, names=None, # class ids and names: `class` and `label` keys for a model of several classes
@@ -377,7 +377,7 @@ def dets_to_json(boxes, scores, kps,
 
 def _list_images(path:Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        files = image_files(path)
         if not files: raise UsageError(f'--image {path}: no images ({", ".join(IMAGE_EXTS)}) found in the folder')
         return files
     if not path.exists(): raise UsageError(f'--image: image not found: {path}')

@@ -11,10 +11,10 @@ import cv2
 import torch
 
 # %% auto #0
-__all__ = ['CROP_CHOICE', 'PAD_VALUE', 'ImageError', 'read_image', 'ScriptedRNG', 'centres_inside', 'sample_square_crop',
-           'kps_array', 'crop_annotations', 'resize_annotations', 'flip_annotations', 'crop_resize_image',
-           'PhotoParams', 'sample_photometric', 'photometric_normalize', 'TrainPipeline', 'denormalize', 'draw_targets',
-           'pipeline_steps', 'render_sample', 'MEAN', 'STD']
+__all__ = ['CROP_CHOICE', 'PAD_VALUE', 'ImageError', 'read_image', 'image_size', 'ScriptedRNG', 'centres_inside',
+           'sample_square_crop', 'kps_array', 'crop_annotations', 'resize_annotations', 'flip_annotations',
+           'crop_resize_image', 'PhotoParams', 'sample_photometric', 'photometric_normalize', 'TrainPipeline',
+           'denormalize', 'draw_targets', 'pipeline_steps', 'render_sample', 'MEAN', 'STD']
 
 # %% ../nbs/12_transforms.ipynb #b2f9ed51
 class ImageError(ValueError):
@@ -34,6 +34,16 @@ def read_image(path, # image file (JPEG, PNG, ...)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None: raise ImageError(f"{p}: not a decodable image")
     return img
+
+def image_size(path) -> tuple[int, int]:
+    "(width, height) of an image as `read_image` decodes it: from the header of a JPEG, PNG or WebP without an EXIF rotation, else by decoding."
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            if im.format in ('JPEG', 'PNG', 'WEBP') and im.getexif().get(274, 1) == 1: return im.size
+    except Exception: pass      # not an image PIL knows: the decoder says what is wrong
+    h, w = read_image(path).shape[:2]
+    return w, h
 
 # %% ../nbs/12_transforms.ipynb #e2c92f13
 class ScriptedRNG:
