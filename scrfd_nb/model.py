@@ -17,8 +17,8 @@ from .core import one_line
 
 # %% auto #0
 __all__ = ['SCRFD', 'build_model', 'LoadReport', 'unwrap_state_dict', 'load_reference_state_dict', 'read_onnx_layers',
-           'infer_onnx_variant', 'load_onnx_weights', 'load_onnx_model', 'checkpoint_dict', 'save_model',
-           'infer_state_dict_variant', 'load_model']
+           'onnx_overrides', 'infer_onnx_variant', 'load_onnx_weights', 'load_onnx_model', 'checkpoint_dict',
+           'save_model', 'infer_state_dict_variant', 'load_model']
 
 # %% ../nbs/05_model.ipynb #b466c254
 class SCRFD(nn.Module):
@@ -124,7 +124,8 @@ def read_onnx_layers(path) -> dict:
     "The weight-carrying ops of an ONNX graph in node order: convs, GroupNorms, Scales, plus output count."
     import onnx
     from onnx import numpy_helper
-    g = onnx.load(str(path)).graph
+    mp = onnx.load(str(path))
+    g = mp.graph
     init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     for n in g.node:
         if n.op_type == 'Constant':
@@ -156,7 +157,8 @@ def read_onnx_layers(path) -> dict:
             consts = [init[i] for i in n.input if i in init]
             if len(consts) == 1 and consts[0].size == 1:   # GroupNorm Muls carry (C, 1, 1) tensors
                 scales.append(dict(value=float(consts[0].reshape(()))))
-    return dict(convs=convs, gns=gns, scales=scales, num_outputs=len(g.output), path=str(path))
+    return dict(convs=convs, gns=gns, scales=scales, num_outputs=len(g.output), path=str(path),
+                meta={p.key: p.value for p in mp.metadata_props})   # an export of ours beyond faces: classes, K, flip order
 
 # %% ../nbs/05_model.ipynb #03bf41e7
 def _conv_sig(trace) -> list[tuple]:
@@ -168,15 +170,27 @@ def _onnx_sig(layers) -> list[tuple]:
 @functools.lru_cache(maxsize=None)
 def _preset_sig(name:str) -> list[tuple]: return _conv_sig(_trace(SCRFD(PRESETS[name])))
 
+def onnx_overrides(layers:dict) -> dict:
+    "The config overrides an export of a detector beyond faces records in its metadata (`export.export_metadata`): classes, keypoints, flip order; {} for a face model."
+    import json
+    m, ov = layers.get('meta') or {}, {}
+    if m.get('class_names'):
+        names = tuple(json.loads(m['class_names'])); ov |= {'model.head.num_classes': len(names), 'data.class_names': names}
+    if m.get('num_kps'):
+        K = int(m['num_kps']); ov |= {'model.head.use_kps': K > 0} | ({'model.head.kps_points': K} if K else {})
+    if m.get('flip_idx'): ov['data.flip_idx'] = tuple(json.loads(m['flip_idx']))
+    return ov
+
 def infer_onnx_variant(layers:dict) -> str:
-    "The preset whose architecture matches the ONNX graph (keypoints, norm type, conv shape sequence)."
+    "The preset whose architecture matches the ONNX graph (keypoints, norm type, conv shape sequence), with the head the metadata states (`onnx_overrides`)."
     use_kps, norm = layers['num_outputs'] == 9, ('gn' if layers['gns'] else 'bn')
-    sig = _onnx_sig(layers)
+    sig, ov = _onnx_sig(layers), onnx_overrides(layers)
     first = lambda b: (b.stem_channels // 2) if b.arch == 'resnetv1e' else b.stage_planes[0]   # stem conv width
-    cands = [n for n, c in PRESETS.items() if c.model.head.use_kps == use_kps and c.model.head.norm == norm
+    cfgs = {n: get_config(n, **ov) if ov else c for n, c in PRESETS.items()}
+    cands = [n for n, c in cfgs.items() if c.model.head.use_kps == use_kps and c.model.head.norm == norm
              and first(c.model.backbone) == sig[0][0][0]]
     for name in cands:
-        if _preset_sig(name) == sig: return name
+        if (_conv_sig(_trace(SCRFD(cfgs[name]))) if ov else _preset_sig(name)) == sig: return name
     raise ValueError(f"{layers['path']}: no preset matches this graph ({len(sig)} convs, kps={use_kps}, norm={norm}); "
                      f"tried {cands}. Pass name= with overrides that build the same architecture.")
 
@@ -225,7 +239,7 @@ def load_onnx_model(path, name:str|None=None, **overrides) -> SCRFD:
     "An official insightface SCRFD `.onnx` as our model (variant inferred from the graph unless `name` is given)."
     layers = read_onnx_layers(path)
     name = name or infer_onnx_variant(layers)
-    return load_onnx_weights(build_model(name, **overrides), layers)
+    return load_onnx_weights(build_model(name, **(onnx_overrides(layers) | overrides)), layers)
 
 # %% ../nbs/05_model.ipynb #1240ff05
 def checkpoint_dict(model:SCRFD, **extra) -> dict:
@@ -281,7 +295,7 @@ def load_model(path, # our checkpoint (.pt/.pth with 'model' + 'config'), an mmc
         except (ValueError, NotImplementedError): raise
         except Exception as e:
             raise RuntimeError(f'{path}: cannot read it as an ONNX model ({one_line(e)}); corrupt or truncated?') from e
-        return load_onnx_weights(build_model(name or infer_onnx_variant(layers), **overrides), layers)
+        return load_onnx_weights(build_model(name or infer_onnx_variant(layers), **(onnx_overrides(layers) | overrides)), layers)
     ck = _read_checkpoint(path, weights_only)
     if not isinstance(ck, dict) or not ck: raise ValueError(f'{path}: expected a dict checkpoint, got {type(ck).__name__}')
     if 'model' in ck and 'config' in ck and name is None:

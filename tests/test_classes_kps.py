@@ -159,7 +159,7 @@ def test_multiclass_export_matches_the_model(tmp_path):
     from scrfd_nb.export import export_onnx
     from scrfd_nb.backends import OnnxRunner
     import onnx
-    cfg = get_config('scrfd_500m', num_classes=3, use_kps=True, kps_points=4, flip_idx=(1, 0, 3, 2), class_names=('a', 'b', 'c'))
+    cfg = get_config('scrfd_500m_bnkps', num_classes=3, kps_points=4, flip_idx=(1, 0, 3, 2), class_names=('a', 'b', 'c'))
     torch.manual_seed(0)
     m = build_model(cfg).eval()
     with torch.no_grad():                                  # a few confident anchors: decoding has something to keep
@@ -176,6 +176,11 @@ def test_multiclass_export_matches_the_model(tmp_path):
     assert len(d0[0]) == len(d1[0])                        # same detections; near-equal scores may swap places: match each
     dist = np.abs(d0[0][:, None] - d1[0][None]).max(-1) + 1e9 * (d0.labels[:, None] != d1.labels[None])
     assert dist.min(1).max() < 1e-3                        # float32 convolutions of two runtimes, boxes of ~100 px
+    from scrfd_nb.model import load_model                  # the export loads back into our model, head from its metadata
+    back = load_model(p)
+    assert back.cfg.model.head == m.cfg.model.head and back.cfg.data.class_names == ('a', 'b', 'c') and back.cfg.data.flip_idx == (1, 0, 3, 2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(): torch.testing.assert_close(back(x)[0][0], m(x)[0][0], rtol=1e-4, atol=1e-4)   # BatchNorm folded into the convs
 
 
 def test_face_export_has_no_extra_metadata(tmp_path):
