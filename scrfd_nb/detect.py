@@ -4,20 +4,64 @@
 
 # %% ../nbs/08b_detect_cli.ipynb #7f58aab0
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, re, sys
 from collections import Counter
 from pathlib import Path
 import cv2
 import torch
-from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path
+from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path, IMAGE_EXTS, image_files
 from .align import save_crops
 from .model import load_model
 from .backends import BACKENDS, load_runner
 from .inference import *
-from .inference import _list_images, _check_outputs, _check_crops
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['crop_place', 'main']
+
+# %% ../nbs/08b_detect_cli.ipynb #42827d39
+def _list_images(path:Path) -> list[Path]:
+    if path.is_dir():
+        files = image_files(path)
+        if not files: raise UsageError(f'--image {path}: no images ({", ".join(IMAGE_EXTS)}) found in the folder')
+        return files
+    if not path.exists(): raise UsageError(f'--image: image not found: {path}')
+    return [path]
+
+def _check_outputs(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
+    "Every output checked before any work: `{input file: drawn file}` (empty without --out); `UsageError` otherwise."
+    inputs = [weights, src, *files]
+    if a.json: check_output(a.json, inputs, '--json')
+    if not a.out: return {}
+    if a.json and Path(a.json).resolve() == Path(a.out).resolve(): raise UsageError(f'--out and --json are both {a.out}')
+    if not folder:
+        if Path(a.out).suffix.lower() not in IMAGE_EXTS:
+            raise UsageError(f'--out {a.out}: not an image file name (expected one of {", ".join(IMAGE_EXTS)})')
+        return {files[0]: check_output(a.out, inputs, '--out')}
+    out = check_output(a.out, [weights, *files], '--out', folder=True)
+    ids = {(s.st_dev, s.st_ino) for s in (f.stat() for f in files)}
+    dests = {f: out/f.relative_to(src) for f in files}
+    for f, t in dests.items():
+        if t.resolve() in {g.resolve() for g in files} or (t.exists() and (t.stat().st_dev, t.stat().st_ino) in ids):
+            raise UsageError(f'--out {out}: the drawn copy of {f} would overwrite an input image ({t})')
+    return dests
+
+# %% ../nbs/08b_detect_cli.ipynb #3a901d4a
+def crop_place(crops:Path, rel:Path) -> tuple[Path, str]:
+    "Folder and file stem of the crops of the image `rel` (relative to the input folder): `sub/a.jpg` → `crops/sub`, `a_jpg`."
+    rel = Path(rel)
+    return Path(crops)/rel.parent, f'{rel.stem}_{rel.suffix[1:]}'
+
+def _check_crops(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
+    "`{input file: (folder, stem)}` of its crops (empty without --crops), checked before any work: never over an input."
+    if not a.crops: return {}
+    crops = check_output(a.crops, [weights, src, *files, a.json, a.out], '--crops', folder=True)
+    places = {f: crop_place(crops, f.relative_to(src) if folder else f.name) for f in files}
+    names = {}                                       # resolved folder -> names of the input images in it
+    for f in files: names.setdefault(f.resolve().parent, set()).add(f.name)
+    for f, (d, stem) in places.items():
+        hit = sorted(n for n in names.get(d.resolve(), ()) if re.fullmatch(re.escape(stem) + r'_\d+\.png', n))
+        if hit: raise UsageError(f'--crops {crops}: a crop of {f} would overwrite the input image {d/hit[0]}')
+    return places
 
 # %% ../nbs/08b_detect_cli.ipynb #8d55e023
 def _load(a, weights:Path):

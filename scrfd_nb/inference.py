@@ -25,8 +25,7 @@ from .model import load_model
 __all__ = ['CONVENTIONS', 'CLASS_COLORS', 'VIDEO_EXTS', 'Convention', 'get_convention', 'postprocess_flat',
            'flatten_head_outputs', 'postprocess', 'letterbox', 'mmdet_resize', 'make_batch', 'to_bgr', 'preprocess',
            'onnx_outputs_to_flat', 'Detections', 'detect_batch', 'detect', 'merge_detections', 'draw_detections',
-           'dets_to_json', 'crop_place', 'is_camera', 'open_video', 'frame_batches', 'Progress', 'detect_frames',
-           'run_video']
+           'dets_to_json', 'is_camera', 'open_video', 'frame_batches', 'Progress', 'detect_frames', 'run_video']
 
 # %% ../nbs/08_detect.ipynb #4e12777c
 @dataclass(frozen=True)
@@ -374,50 +373,6 @@ def dets_to_json(boxes, scores, kps,
                  kps=None if kps is None else [[round(float(x), 3), round(float(y), 3)] for x, y in kps[i]],
                  **(dict(label=int(labels[i]), **{'class': names[int(labels[i])]}) if multi else {}))
             for i, (b, s) in enumerate(zip(boxes, scores))]
-
-def _list_images(path:Path) -> list[Path]:
-    if path.is_dir():
-        files = image_files(path)
-        if not files: raise UsageError(f'--image {path}: no images ({", ".join(IMAGE_EXTS)}) found in the folder')
-        return files
-    if not path.exists(): raise UsageError(f'--image: image not found: {path}')
-    return [path]
-
-def _check_outputs(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
-    "Every output checked before any work: `{input file: drawn file}` (empty without --out); `UsageError` otherwise."
-    inputs = [weights, src, *files]
-    if a.json: check_output(a.json, inputs, '--json')
-    if not a.out: return {}
-    if a.json and Path(a.json).resolve() == Path(a.out).resolve(): raise UsageError(f'--out and --json are both {a.out}')
-    if not folder:
-        if Path(a.out).suffix.lower() not in IMAGE_EXTS:
-            raise UsageError(f'--out {a.out}: not an image file name (expected one of {", ".join(IMAGE_EXTS)})')
-        return {files[0]: check_output(a.out, inputs, '--out')}
-    out = check_output(a.out, [weights, *files], '--out', folder=True)
-    ids = {(s.st_dev, s.st_ino) for s in (f.stat() for f in files)}
-    dests = {f: out/f.relative_to(src) for f in files}
-    for f, t in dests.items():
-        if t.resolve() in {g.resolve() for g in files} or (t.exists() and (t.stat().st_dev, t.stat().st_ino) in ids):
-            raise UsageError(f'--out {out}: the drawn copy of {f} would overwrite an input image ({t})')
-    return dests
-
-# %% ../nbs/08_detect.ipynb #3a901d4a
-def crop_place(crops:Path, rel:Path) -> tuple[Path, str]:
-    "Folder and file stem of the crops of the image `rel` (relative to the input folder): `sub/a.jpg` → `crops/sub`, `a_jpg`."
-    rel = Path(rel)
-    return Path(crops)/rel.parent, f'{rel.stem}_{rel.suffix[1:]}'
-
-def _check_crops(a, weights:Path, src:Path, files:list[Path], folder:bool) -> dict:
-    "`{input file: (folder, stem)}` of its crops (empty without --crops), checked before any work: never over an input."
-    if not a.crops: return {}
-    crops = check_output(a.crops, [weights, src, *files, a.json, a.out], '--crops', folder=True)
-    places = {f: crop_place(crops, f.relative_to(src) if folder else f.name) for f in files}
-    names = {}                                       # resolved folder -> names of the input images in it
-    for f in files: names.setdefault(f.resolve().parent, set()).add(f.name)
-    for f, (d, stem) in places.items():
-        hit = sorted(n for n in names.get(d.resolve(), ()) if re.fullmatch(re.escape(stem) + r'_\d+\.png', n))
-        if hit: raise UsageError(f'--crops {crops}: a crop of {f} would overwrite the input image {d/hit[0]}')
-    return places
 
 # %% ../nbs/08_detect.ipynb #609e639c
 VIDEO_EXTS = {'.mp4': 'mp4v', '.avi': 'MJPG', '.mkv': 'XVID', '.mov': 'mp4v'}   # output container -> fourcc OpenCV writes
