@@ -12,34 +12,12 @@ OKS AP with the stated default sigma; NME). It draws detections on four validati
 rectified crop of a detected card into nbs/images/cards_demo.jpg (synthetic pictures: no licence question), and
 prints a bench/RESULTS.md section.
 """
-import argparse, json, os, platform, subprocess, sys, time
+import argparse, subprocess, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
-
-
-def header(a) -> str:
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = ' (+ working tree changes)' if subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                                                           capture_output=True, text=True).stdout.strip() else ''
-    return (f"`python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}` — commit {commit}{dirty}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {platform.machine()}, "
-            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
-
-
-def score(runner, val, mcfg) -> dict:
-    "COCO metrics of a runner on the validation records, through the trainer's prediction path."
-    from scrfd_nb.predict import predict_widerface
-    from scrfd_nb.coco_eval import coco_evaluate
-    from scrfd_nb.config import class_names
-    d, recs = mcfg.detect, val['records']
-    items = [('val', str(i), Path(val['images'])/r['filename']) for i, r in enumerate(recs)]
-    preds = predict_widerface(runner, items, mcfg.data.img_size, d.score_thr, d.nms_thr, batch_size=8, progress=False,
-                              nms_pre=1000, full=True).get('val', {})
-    return coco_evaluate(recs, [preds[str(i)] for i in range(len(recs))], class_names(mcfg), mcfg.model.head.num_kps,
-                         val['info'].kpt_sigmas)
 
 
 def figure(model, val, out:Path, n:int=4):
@@ -77,19 +55,22 @@ def main():
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     train_s = time.time() - t0
     from scrfd_nb.model import load_model
-    from scrfd_nb.train import val_set, read_split
-    from scrfd_nb.backends import TorchRunner, OnnxRunner
+    from scrfd_nb.train import read_split, evaluate_coco
+    from scrfd_nb.runtime import setup_runtime
+    from scrfd_nb.backends import OnnxRunner
     from scrfd_nb.export import export_onnx
+    from scrfd_nb.benchmark import machine
     work = Path(a.work)
     model = load_model(work/'best.pth').eval()
     recs, images, info = read_split(work/'synthetic', 'val', 'test')
     val = dict(records=recs, images=images, info=info)
     onnx = export_onnx(model, work/'best.onnx', shape=(model.cfg.data.img_size,) * 2)
-    rows = {'PyTorch (trainer\'s evaluation path)': score(TorchRunner(model), val, model.cfg),
-            'onnxruntime (exported best.onnx)': score(OnnxRunner(onnx), val, model.cfg)}
+    rt = setup_runtime('cpu', 'off')
+    rows = {'PyTorch (trainer\'s evaluation path)': evaluate_coco(model, val, rt, model.cfg),   # the trainer's own scoring
+            'onnxruntime (exported best.onnx)': evaluate_coco(model, val, rt, model.cfg, runner=OnnxRunner(onnx))}
     figure(model, val, Path(a.figure))
     ck = torch.load(work/'best.pth', map_location='cpu', weights_only=True)
-    print(f"## Beyond faces: the 2-class demo, faces (5 landmarks) and ID cards (4 corners) (`bench/cards_demo.py`, issue 23) — {header(a)}\n")
+    print(f"## Beyond faces: the 2-class demo, faces (5 landmarks) and ID cards (4 corners) (`bench/cards_demo.py`, issue 23) — `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`, {machine()}\n")
     print(f"`python -m scrfd_nb.train --synth cards`: scrfd_500m_bnkps with C = 2 and K = 5 from the data (a card's corners "
           f"in the face's slots 0, 1, 3, 4; slot 2 unlabelled), the demo recipe ({model.cfg.train.epochs} epochs of "
           f"{model.cfg.data.img_size}-px crops, {len(read_split(work/'synthetic', 'train')[0])} training pictures), one process; "

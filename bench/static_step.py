@@ -16,7 +16,7 @@ data, one process) runs `--perf N` with and without `--compile-step`: its total 
 and the trainer's FPS over the iterations after the first five. Inductor's caches go to a fresh folder per run, so
 every compilation is a cold one.
 """
-import argparse, copy, os, platform, re, statistics, subprocess, sys, tempfile, time
+import argparse, copy, os, re, statistics, subprocess, sys, tempfile, time
 from functools import partial
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,17 +27,12 @@ from scrfd_nb.model import build_model
 from scrfd_nb.runtime import setup_runtime, make_sgd
 from scrfd_nb.train import train_step, compute_losses
 from scrfd_nb.static import WholeStep, compile_counters
+from scrfd_nb.benchmark import machine
 from gpu import fake_batch
 
 
 def header(a) -> str:
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = ' (+ working tree changes)' if subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                                                           capture_output=True, text=True).stdout.strip() else ''
-    return (f"# python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}\n# commit {commit}{dirty}, "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {platform.machine()}, "
-            f"{os.cpu_count()} cores, {a.threads} threads, load average {os.getloadavg()[0]:.2f}")
-
+    return f"# python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}\n# {machine()}, {a.threads} threads"
 
 def step_bench(a):
     rt = setup_runtime('cpu', 'off')

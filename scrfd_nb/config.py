@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace, is_dataclass, asdict
 __all__ = ['PRESETS', 'KPS_FLIP', 'BackboneCfg', 'NeckCfg', 'HeadCfg', 'ModelCfg', 'AssignCfg', 'LossCfg', 'DetectCfg', 'DataCfg',
            'TrainCfg', 'field_docs', 'SCRFDConfig', 'config_key', 'apply_overrides', 'get_config', 'is_config_file',
            'read_config_file', 'write_config_file', 'config_overrides', 'config_to_dict', 'config_from_dict',
-           'flip_permutation', 'kps_flip', 'class_names']
+           'flip_permutation', 'kps_flip', 'config_of', 'class_names']
 
 # %% ../nbs/01_config.ipynb #31defda8
 @dataclass(frozen=True)
@@ -330,6 +330,11 @@ def flip_permutation(flip_idx:tuple, # `data.flip_idx` (() for the default)
 def kps_flip(cfg:SCRFDConfig) -> tuple:
     "`flip_permutation` of `cfg`: its `data.flip_idx` for the model's K."
     return flip_permutation(cfg.data.flip_idx, cfg.model.head.num_kps, cfg.data.flip_ratio)
+
+def config_of(obj) -> SCRFDConfig|None:
+    "The `SCRFDConfig` of a model or runner (its `.cfg`), or None for one without (e.g. an official ONNX file's runner)."
+    cfg = getattr(obj, 'cfg', None)
+    return cfg if isinstance(cfg, SCRFDConfig) else None
 
 def class_names(cfg:SCRFDConfig) -> tuple:
     "A name per class: `data.class_names`, or 'face' for one class and 'class0', 'class1', ... for several."

@@ -12,6 +12,7 @@ import torch
 from .core import UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path, IMAGE_EXTS, image_files
 from .align import save_crops
 from .model import load_model
+from .config import config_of
 from .backends import BACKENDS, load_runner
 from .inference import *
 
@@ -168,7 +169,8 @@ def main(argv=None):
     model = _load(a, weights)
     if crops and not getattr(model, 'use_kps', True):
         raise UsageError(f'--crops: {weights} has no keypoints (a model without the 5-point head cannot align faces)')
-    K = getattr(getattr(getattr(getattr(model, 'cfg', None), 'model', None), 'head', None), 'num_kps', 5)
+    cfg = config_of(model)
+    K = cfg.model.head.num_kps if cfg else 5
     if crops and K not in (4, 5):
         raise UsageError(f'--crops: {weights} has {K} keypoints per object; crops need 5 face landmarks (aligned) or 4 corners (rectified)')
     return _detect_images(a, model, src, files, folder, dests, crops)

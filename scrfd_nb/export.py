@@ -5,6 +5,7 @@
 # %% ../nbs/20_export.ipynb #cea30be6
 from __future__ import annotations
 import argparse, copy, json, sys, warnings
+from .config import config_of, class_names, kps_flip
 from pathlib import Path
 import numpy as np
 import torch
@@ -120,8 +121,8 @@ class ExportWrapper(nn.Module):
     def forward(self, x:torch.Tensor, # (B, 3, H, W) normalised RGB
                ) -> tuple[torch.Tensor, ...]:
         cls, bbox, kps = self.model(x)
-        h = getattr(getattr(getattr(self.model, 'cfg', None), 'model', None), 'head', None)
-        C, K = (h.num_classes, h.num_kps) if h is not None else (1, 5)          # constants of the graph (a face model: 1, 5)
+        cfg = config_of(self.model)
+        C, K = (cfg.model.head.num_classes, cfg.model.head.num_kps) if cfg else (1, 5)   # constants of the graph (a face model: 1, 5)
         outs = [_FlattenLevel.apply(c.sigmoid(), C, self.legacy) for c in cls]
         outs += [_FlattenLevel.apply(b, 4, self.legacy) for b in bbox]
         if kps is not None: outs += [_FlattenLevel.apply(k, 2 * K, self.legacy) for k in kps]
@@ -191,7 +192,6 @@ def _fix_last_dims(path, names, C:int=1, K:int=5, meta:dict|None=None):
 
 def export_metadata(cfg) -> dict:
     "What an export of a detector other than the 1-class 5-point face model records in its metadata: class names, K, flip order (a face model: nothing, the file stays the reference's)."
-    from scrfd_nb.config import class_names, kps_flip
     h = cfg.model.head
     if h.num_classes == 1 and h.num_kps in (0, 5) and not cfg.data.class_names: return {}
     return dict(class_names=json.dumps(list(class_names(cfg))), num_kps=h.num_kps, flip_idx=json.dumps(list(kps_flip(cfg))))
@@ -263,8 +263,8 @@ def export_onnx(model:nn.Module,         # SCRFD model (left untouched: BN is fo
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         torch.onnx.export(ExportWrapper(net, legacy).eval(), (x,), str(out), dynamo=False, opset_version=opset,
                           input_names=['input.1'], output_names=names, dynamic_axes=axes, do_constant_folding=True)
-    cfg = getattr(model, 'cfg', None)
-    h = cfg.model.head if cfg is not None and hasattr(cfg, 'model') else None
+    cfg = config_of(model)
+    h = cfg.model.head if cfg else None
     _fix_last_dims(out, names, h.num_classes if h else 1, (h.num_kps or 5) if h else 5, export_metadata(cfg) if h else None)
     if simplify: simplify_onnx(out, None if dynamic else tuple(x.shape))
     if groupnorm == 'native': _annotate_groupnorm(out)             # after onnxsim, which drops value_info

@@ -18,7 +18,7 @@ from .boxes import distance2bbox, distance2kps, batched_nms
 from .core import MEAN, STD, bgr_to_input, UsageError, run_cli, in_range, UNIT, check_output, one_line, same_path
 from .transforms import read_image, ImageError
 from .align import save_crops
-from .config import DetectCfg
+from .config import DetectCfg, config_of, class_names
 from .model import load_model
 
 # %% auto #0
@@ -262,10 +262,8 @@ class Detections(tuple):
 def _names(model) -> tuple|None:
     "The class names of a model or runner (its `class_names`, or its configuration's), or None when it has none."
     if getattr(model, 'class_names', None): return tuple(model.class_names)
-    cfg = getattr(model, 'cfg', None)
-    if cfg is None or not hasattr(cfg, 'model'): return None
-    from scrfd_nb.config import class_names
-    return class_names(cfg)
+    cfg = config_of(model)
+    return class_names(cfg) if cfg else None
 
 def _to_numpy(d:dict, names=None) -> Detections:
     return Detections(d['boxes'].cpu().numpy(), d['scores'].cpu().numpy(), None if d['kps'] is None else d['kps'].cpu().numpy(),
@@ -283,8 +281,8 @@ def detect_batch(model,                 # an `SCRFD` (any callable returning the
     "Faces (objects) in a list of images, one forward pass (one per input size); boxes and keypoints in each original image's pixels."
     if len(images) == 0: return []
     dev, dt = _model_device_dtype(model)
-    names, cfg = _names(model), getattr(model, 'cfg', None)
-    agnostic = bool(getattr(getattr(cfg, 'detect', None), 'class_agnostic', False))
+    names, cfg = _names(model), config_of(model)
+    agnostic = cfg.detect.class_agnostic if cfg else False
     def one_pass(size, num):
         x, metas = preprocess(images, size, mode, dev)
         was = getattr(model, 'training', False)

@@ -365,7 +365,7 @@ def ap_summary(ap) -> dict|None:
     if ap is None: return None
     if 'hard' in ap: return {k: float(ap[k]) for k in ('easy', 'medium', 'hard')}
     return {k: (float(v) if not isinstance(v, dict) else {c: float(x) for c, x in v.items()}) for k, v in ap.items()
-            if isinstance(v, (int, float, dict)) and v is not None}
+            if isinstance(v, (int, float, dict))}
 
 def ap_score(ap:dict) -> float:
     "The number that picks `best.pth`: WIDER hard AP for faces, COCO box AP@[.5:.95] otherwise."
@@ -477,12 +477,14 @@ def evaluate(model:nn.Module, val:dict, rt:Runtime, mcfg, pred_dir=None, nms_pre
         box = [ap]; dist.broadcast_object_list(box, src=0); ap = box[0]
     return ap
 
-def evaluate_coco(model:nn.Module, val:dict, rt:Runtime, mcfg, nms_pre:int=1000) -> dict|None:
+def evaluate_coco(model:nn.Module, val:dict, rt:Runtime, mcfg, nms_pre:int=1000,
+                  runner=None, # another runtime's runner of the same model (`backends`); default: the model in PyTorch
+                 ) -> dict|None:
     "COCO box AP (AP@[.5:.95], AP50, AP75, per class), OKS AP and NME of `model` on a COCO / YOLO-pose validation split: `evaluate`'s prediction path with classes and keypoints, scored by pycocotools."
     from scrfd_nb.coco_eval import coco_evaluate
     recs, d = val['records'], mcfg.detect
     items = [('val', str(i), Path(val['images'])/r['filename']) for i, r in enumerate(recs)]
-    preds = predict_widerface(TorchRunner(model, rt.device), items[rt.rank::rt.world_size], mcfg.data.img_size, d.score_thr,
+    preds = predict_widerface(runner or TorchRunner(model, rt.device), items[rt.rank::rt.world_size], mcfg.data.img_size, d.score_thr,
                               d.nms_thr, batch_size=8, progress=False, nms_pre=nms_pre, full=True,
                               class_agnostic=d.class_agnostic).get('val', {})
     if rt.distributed:

@@ -106,8 +106,9 @@ def kps_array(kps, # (N, K, 3) array, or anything reshapeable to it (a flat list
     "Keypoints as an `(N, K, 3)` float32 array; an empty flat array is taken as 5 points per object (the face format)."
     k = np.asarray(kps, np.float32)
     if k.ndim == 3: return k
-    if n is None: n = len(k) if k.ndim == 2 and k.size else 0
-    return k.reshape(n, -1, 3) if n and k.size else k.reshape(0, 5, 3) if not n else k.reshape(n, 0, 3)
+    if n is None: n = len(k) if k.ndim == 2 else 0
+    if n == 0: return k.reshape(0, 5, 3)
+    return k.reshape(n, -1, 3) if k.size else k.reshape(n, 0, 3)
 
 # %% ../nbs/12_transforms.ipynb #fdefcea1
 def crop_annotations(bboxes, keypoints, bboxes_ignore, # (N,4), (N,5,3), (M,4) float32 px
